@@ -1,0 +1,42 @@
+# One-command set-up on a fresh machine: `make test` and `make demo` create
+# .venv, install into it, and run. No CUDA package is pulled on a machine
+# without a GPU: torch comes from the base interpreter when it already has one
+# (CPU or CUDA build), else the pinned CPU wheel is installed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_CPU_VERSION ?= 2.13.0
+TORCHATTACKS_VERSION ?= 3.5.1
+
+.PHONY: venv test test-all demo bench clean-venv
+
+$(VENV)/.installed: pyproject.toml requirements-cpu.txt Makefile
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "using the torch of $(PYTHON)"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	    $(PYTHON) -m venv $(VENV); \
+	    $(PY) -m pip install -q torch==$(TORCH_CPU_VERSION); \
+	fi
+	$(PY) -m pip install -q -r requirements-cpu.txt
+	$(PY) -m pip install -q --no-deps torchattacks==$(TORCHATTACKS_VERSION)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+# The slow tests too (CI runs these as well).
+test-all: venv
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: venv
+	$(PY) -m robustbench_convnorm.run configs/quickstart.yaml
+
+bench: venv
+	$(PY) -m benchmarks.run
+
+clean-venv:
+	rm -rf $(VENV)
