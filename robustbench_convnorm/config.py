@@ -1,0 +1,415 @@
+"""Configs: YAML -> typed, validated dataclasses -> a grid of runs.
+
+Every problem (unknown key, wrong type, value out of range) stops before any
+work with one ``ConfigError`` naming the file, the key path and what is
+allowed. Numbers may be written as fractions (``eps: 8/255``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from .registry import closest
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file, the key and the fix."""
+
+
+def _opt(default=dataclasses.MISSING, *, choices=None, min=None, max=None, min_exclusive=False,
+         factory=None, doc=""):
+    meta = {"choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- sections
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = _opt(4, min=0, doc="random crop with this much zero padding (0: off)")
+    flip: bool = _opt(True, doc="random horizontal flip")
+
+
+@dataclass
+class DataConfig:
+    source: str = _opt("digits", doc="data source: cifar10, cifar100, imagefolder, digits, synthetic")
+    root: Optional[str] = _opt(None, doc="directory (or .zip for imagefolder) holding the data")
+    download: bool = _opt(True, doc="cifar: try torchvision's download when files are missing")
+    options: Dict[str, Any] = _opt(factory=dict, doc="source-specific options")
+    train_fraction: float = _opt(1.0, min=0.0, max=1.0, min_exclusive=True,
+                                 doc="use this fraction of the training set (class-stratified)")
+    label_noise: float = _opt(0.0, min=0.0, max=1.0, doc="symmetric label noise rate on train")
+    val_size: int = _opt(0, min=0, doc="examples carved from train as a validation split")
+    augment: AugmentConfig = _opt(factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _opt("convnet", doc="resnet18, vgg16 or convnet")
+    width: float = _opt(1.0, min=0.0, min_exclusive=True, doc="channel width multiplier")
+
+
+@dataclass
+class NormalizerEntry:
+    name: str = _opt(doc="a registered normalizer")
+    options: Dict[str, Any] = _opt(factory=dict, doc="the normalizer's options")
+    overrides: Dict[str, Any] = _opt(factory=dict,
+                                     doc="config overrides for this normalizer, e.g. {train.lr: 0.01}")
+    label: Optional[str] = _opt(None, doc="display name (default: name)")
+
+
+@dataclass
+class TrainConfig:
+    method: str = _opt("natural", choices=["natural", "free", "fgsm_rs"])
+    epochs: int = _opt(10, min=0, doc="free AT: each epoch replays every minibatch `replays` times")
+    batch_size: int = _opt(128, min=1)
+    lr: float = _opt(0.1, min=0.0, min_exclusive=True)
+    momentum: float = _opt(0.9, min=0.0, max=1.0)
+    weight_decay: float = _opt(5e-4, min=0.0)
+    nesterov: bool = _opt(False)
+    schedule: str = _opt("multistep", choices=["constant", "multistep", "cosine", "cyclic"])
+    milestones: List[int] = _opt(factory=list, doc="multistep: epochs at which lr *= gamma")
+    gamma: float = _opt(0.1, min=0.0, min_exclusive=True)
+    warmup_fraction: float = _opt(0.4, min=0.0, max=1.0,
+                                  doc="cyclic: fraction of training spent rising to lr")
+    eps: float = _opt(8 / 255, min=0.0, doc="L_inf radius of the training perturbation")
+    step: Optional[float] = _opt(None, min=0.0,
+                                 doc="perturbation step (default: eps for free, 1.25 eps for fgsm_rs)")
+    replays: int = _opt(4, min=1, doc="free AT: m, replays of each minibatch")
+    reset_delta: bool = _opt(False, doc="free AT: zero delta for each minibatch (ConvNorm code)")
+    amp: str = _opt("auto", choices=["auto", "off", "bf16"],
+                    doc="auto: bf16 autocast on CUDA, off on CPU; FFTs always run in fp32")
+    val_pgd_steps: int = _opt(10, min=0, doc="PGD steps for the per-epoch validation check (0: off)")
+    val_examples: int = _opt(256, min=0, doc="fixed validation subset size checked each epoch (0: off)")
+    checkpoint_every: int = _opt(1, min=1, doc="epochs between checkpoints")
+    stop_after_epochs: Optional[int] = _opt(None, min=0,
+                                            doc="stop (resumably) after this many epochs in this process")
+
+
+@dataclass
+class EvalConfig:
+    n_examples: Optional[int] = _opt(None, min=1, doc="test examples to evaluate (null: all)")
+    batch_size: int = _opt(256, min=1)
+    seed: int = _opt(0, doc="fixes which examples are evaluated and the attacks' randomness")
+    checks: bool = _opt(True, doc="run the sanity checks of EVALUATION.md")
+    lipschitz: bool = _opt(True, doc="record per-layer spectral norms and bounds")
+    evaluators: List[Dict[str, Any]] = _opt(factory=lambda: [{"type": "clean"}],
+                                            doc="list of {type: ..., options...}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = _opt(factory=DataConfig)
+    model: ModelConfig = _opt(factory=ModelConfig)
+    normalizers: List[NormalizerEntry] = _opt(factory=lambda: [NormalizerEntry(name="vanilla")])
+    batchnorm: bool = _opt(False, doc="BatchNorm after each conv")
+    train: TrainConfig = _opt(factory=TrainConfig)
+    eval: EvalConfig = _opt(factory=EvalConfig)
+    seeds: List[int] = _opt(factory=lambda: [0])
+    device: str = _opt("auto", choices=["auto", "cpu", "cuda"])
+    output_dir: str = _opt("results/default")
+    grid: Dict[str, List[Any]] = _opt(factory=dict,
+                                      doc="extra grid axes: {dotted.key: [values]}")
+    name: Optional[str] = _opt(None, doc="experiment name (for humans)")
+
+
+# ---------------------------------------------------------------- parsing
+
+_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$", re.I)
+
+
+def parse_number(value):
+    """'8/255' -> 0.0313..., other values unchanged."""
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m:
+            return float(m.group(1)) / float(m.group(2))
+    return value
+
+
+def parse_numbers(value):
+    """parse_number applied through dicts and lists (free-form option blocks)."""
+    if isinstance(value, dict):
+        return {k: parse_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [parse_numbers(v) for v in value]
+    return parse_number(value)
+
+
+class _Ctx:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {path or '<top level>'}: {problem}")
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(args[0])} or null"
+    if origin in (list, List):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Dict):
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(value, tp, path: str, ctx: _Ctx):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], path, ctx)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ctx.fail(path, f"expected a mapping, got {value!r}")
+        return _build(tp, value, path, ctx)
+    if origin in (list, List):
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            if item_tp in (int, float) and isinstance(parse_number(value), (int, float)) \
+                    and not isinstance(value, bool):
+                value = [value]  # `seeds: 0` means [0]
+            else:
+                raise ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
+        return [_convert(v, item_tp, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ctx.fail(path, f"expected a mapping, got {value!r}")
+        return parse_numbers(dict(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ctx.fail(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ctx.fail(path, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        value = parse_number(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.fail(path, f"expected a number (or a fraction like 8/255), got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ctx.fail(path, f"expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _check_range(value, meta, path, ctx):
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ctx.fail(path, f"{value!r} is not allowed{closest(value, choices)}; "
+                             f"allowed: {', '.join(map(str, choices))}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        too_low = lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo))
+        too_high = hi is not None and value > hi
+        if too_low or too_high:
+            bounds = []
+            if lo is not None:
+                bounds.append(f"{'>' if meta.get('min_exclusive') else '>='} {lo}")
+            if hi is not None:
+                bounds.append(f"<= {hi}")
+            raise ctx.fail(path, f"{value} is out of range; must be {' and '.join(bounds)}")
+
+
+def _build(cls, raw: Dict[str, Any], path: str, ctx: _Ctx):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            raise ctx.fail(where, f"unknown key{closest(key, fields)}; "
+                                  f"allowed keys{' of ' + path if path else ''}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], sub, ctx)
+            _check_range(kwargs[name], f.metadata, sub, ctx)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ctx.fail(sub, "is required")
+    return cls(**kwargs)
+
+
+def _check_lists(cfg: Config, ctx: _Ctx) -> None:
+    if not cfg.normalizers:
+        raise ctx.fail("normalizers", "must list at least one normalizer, e.g. [{name: vanilla}]")
+    if not cfg.seeds:
+        raise ctx.fail("seeds", "must list at least one seed, e.g. [0]")
+    for i, ev in enumerate(cfg.eval.evaluators):
+        if not isinstance(ev, dict) or "type" not in ev:
+            raise ctx.fail(f"eval.evaluators[{i}]", "each evaluator needs a `type`, e.g. {type: pgd, steps: 10}")
+    if sorted(cfg.train.milestones) != cfg.train.milestones:
+        raise ctx.fail("train.milestones", f"must be increasing, got {cfg.train.milestones}")
+
+
+def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:
+    ctx = _Ctx(source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ctx.fail("", "the config must be a YAML mapping of sections")
+    cfg = _build(Config, raw, "", ctx)
+    _check_lists(cfg, ctx)
+    return cfg
+
+
+# ---------------------------------------------------------------- overrides
+
+def set_path(raw: Dict[str, Any], dotted: str, value, source: str = "<config>") -> None:
+    """Set ``a.b.c`` (list items by index: ``normalizers.0.options.T``) in a raw dict."""
+    parts = dotted.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        key = int(part) if isinstance(node, list) and part.isdigit() else part
+        try:
+            nxt = node[key]
+        except (KeyError, IndexError, TypeError):
+            if isinstance(node, dict):
+                nxt = node[key] = {}
+            else:
+                raise ConfigError(f"{source}: {'.'.join(parts[:i + 1])}: no such list item")
+        if not isinstance(nxt, (dict, list)):
+            nxt = node[key] = {}
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"{source}: {dotted}: no such list item")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def parse_set(expr: str) -> Tuple[str, Any]:
+    """'train.lr=0.01' -> ('train.lr', 0.01); the value is read as YAML."""
+    if "=" not in expr:
+        raise ConfigError(f"--set {expr!r}: expected key.path=value, e.g. --set train.epochs=2")
+    key, text = expr.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {expr!r}: the key is empty")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {expr!r}: the value is not valid YAML ({err.__class__.__name__})")
+    return key, value
+
+
+def load_raw(path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}")
+    return raw if raw is not None else {}
+
+
+def load_config(path, overrides: Sequence[str] = ()) -> Config:
+    raw = load_raw(path)
+    source = str(path)
+    for expr in overrides:
+        key, value = parse_set(expr)
+        set_path(raw, key, value, source=f"{source} (--set {key})")
+    return config_from_dict(raw, source=source)
+
+
+def to_dict(obj) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else copy.deepcopy(obj)
+
+
+# ---------------------------------------------------------------- grid
+
+@dataclass
+class RunSpec:
+    """One run of a grid: a config whose ``normalizers`` and ``seeds`` hold one
+    entry each, plus its stable id."""
+    config: Config
+    normalizer: NormalizerEntry
+    seed: int
+    run_id: str
+    axes: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.output_dir) / "runs" / self.run_id
+
+
+#: Sections that do not change what is trained: a run keeps its id (and its
+#: checkpoint) when only these change, so it can be re-evaluated.
+_NOT_IN_RUN_ID = ("eval", "device", "output_dir", "name", "grid")
+
+
+def run_identity(cfg: Config) -> Dict[str, Any]:
+    d = to_dict(cfg)
+    for key in _NOT_IN_RUN_ID:
+        d.pop(key, None)
+    d["train"].pop("stop_after_epochs", None)
+    d["train"].pop("checkpoint_every", None)
+    return d
+
+
+def make_run_id(cfg: Config) -> str:
+    entry = cfg.normalizers[0]
+    digest = hashlib.sha256(json.dumps(run_identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    label = re.sub(r"[^A-Za-z0-9_.]+", "_", entry.label or entry.name)
+    bn = "-bn" if cfg.batchnorm else ""
+    return f"{cfg.data.source}-{cfg.model.arch}-{label}{bn}-{cfg.train.method}-s{cfg.seeds[0]}-{digest}"
+
+
+def expand_grid(cfg: Config, source: str = "<config>") -> List[RunSpec]:
+    """normalizer x seed x every axis in ``grid``; per-normalizer overrides last."""
+    base = to_dict(cfg)
+    axes = list(cfg.grid.items())
+    for key, values in axes:
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: grid.{key}: expected a non-empty list of values")
+    specs: List[RunSpec] = []
+    for entry, seed, combo in itertools.product(
+            cfg.normalizers, cfg.seeds, itertools.product(*[v for _, v in axes])):
+        raw = copy.deepcopy(base)
+        raw["grid"] = {}
+        raw["normalizers"] = [to_dict(entry)]
+        raw["seeds"] = [seed]
+        chosen = {}
+        for (key, _), value in zip(axes, combo):
+            set_path(raw, key, value, source=f"{source} (grid.{key})")
+            chosen[key] = value
+        for key, value in entry.overrides.items():
+            set_path(raw, key, value, source=f"{source} (normalizer {entry.name} overrides.{key})")
+        run_cfg = config_from_dict(raw, source=source)
+        run_cfg.grid = dict(cfg.grid)
+        specs.append(RunSpec(run_cfg, run_cfg.normalizers[0], seed, make_run_id(run_cfg), chosen))
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{source}: two runs of the grid are identical; list each normalizer, "
+                          f"seed and grid value once (or give entries distinct options/labels)")
+    return specs
