@@ -385,7 +385,8 @@ def _pick(records: List[Run]) -> Run:
 
 
 def _seeds_text(seeds: Iterable[Any]) -> str:
-    return ",".join(str(s) for s in sorted(seeds, key=lambda s: (isinstance(s, str), s)))
+    seeds = ["?" if s is None else s for s in seeds]
+    return ",".join(str(s) for s in sorted(seeds, key=lambda s: (isinstance(s, str), str(s) if isinstance(s, str) else s)))
 
 
 def make_groups(runs: Sequence[Run], info: MetricInfo) -> List[Group]:
@@ -414,9 +415,9 @@ def _status_notes(g: Group, info: MetricInfo) -> None:
     """Fill g.notes: failures with their reasons, missing seeds, partial metrics, mixed options."""
     for r in sorted(g.failed, key=lambda r: str(r.seed)):
         where = f" at epoch {r.error_epoch}" if r.error_epoch not in (None, "") else ""
-        g.notes.append(f"seed {r.seed} failed{where}: {r.error_reason or 'no reason recorded'}")
+        g.notes.append(f"seed {_txt(r.seed)} failed{where}: {r.error_reason or 'no reason recorded'}")
     for r in sorted(g.unfinished, key=lambda r: str(r.seed)):
-        g.notes.append(f"seed {r.seed} {r.status} (not finished)")
+        g.notes.append(f"seed {_txt(r.seed)} {r.status} (not finished)")
     missing = [s for s in g.expected if s not in g.reps]
     if missing:
         g.notes.append(f"seed{'s' if len(missing) > 1 else ''} {_seeds_text(missing)} "
@@ -624,8 +625,12 @@ def _md_table(header: List[str], rows: List[List[str]]) -> List[str]:
     return out
 
 
+def _txt(v: Any) -> str:
+    return "?" if _isnan(v) else str(v)
+
+
 def _context_text(row) -> str:
-    return f"{row['arch']} · {row['train_method']} · train eps {fmt_eps(row['train_eps'])}"
+    return f"{_txt(row['arch'])} · {_txt(row['train_method'])} · train eps {fmt_eps(row['train_eps'])}"
 
 
 def render_markdown(df: pd.DataFrame, groups: Sequence[Group], info: MetricInfo, rank_metric: Optional[str],
@@ -653,7 +658,7 @@ def render_markdown(df: pd.DataFrame, groups: Sequence[Group], info: MetricInfo,
         rows = []
         for _, r in sub.iterrows():
             row = ["–" if pd.isna(r["rank"]) else str(r["rank"]), r["model"]]
-            row += [fmt_eps(r[k]) if k == "train_eps" else str(r[k]) for k in varying]
+            row += [fmt_eps(r[k]) if k == "train_eps" else _txt(r[k]) for k in varying]
             row.append(f"{r['n_seeds']}/{r['n_expected']}")
             row += [fmt_cell(m, r[f"{m}_mean"], r[f"{m}_std"]) for m in cols]
             nflags = len(r["flags"].split(";")) if r["flags"] else 0
@@ -682,7 +687,7 @@ def render_markdown(df: pd.DataFrame, groups: Sequence[Group], info: MetricInfo,
         lines += ["## Missing, failed or partial", ""]
         for g in notes:
             d = dict(zip(GROUP_KEYS, g.key))
-            where = f"{d['dataset']} · {d['arch']} · {d['train_method']} · eps {fmt_eps(d['train_eps'])}"
+            where = f"{_txt(d['dataset'])} · {_context_text(d)}"
             lines.append(f"- **{model_label(d['normalizer'], d['batchnorm'])}** ({where}): " + "; ".join(g.notes))
         for path, reason in skipped:
             lines.append(f"- skipped unreadable record `{path}`: {reason}")
@@ -691,7 +696,7 @@ def render_markdown(df: pd.DataFrame, groups: Sequence[Group], info: MetricInfo,
     if flagged:
         lines += ["## Sanity-check flags (EVALUATION.md)", ""]
         for model, r in flagged:
-            lines.append(f"- **{model}** ({r['dataset']} · {_context_text(r)}): {r['flags'].replace(';', '; ')}")
+            lines.append(f"- **{model}** ({_txt(r['dataset'])} · {_context_text(r)}): {r['flags'].replace(';', '; ')}")
         lines.append("")
     data_notes = sorted({r.data_note for g in groups for r in g.runs if r.data_note})
     if data_notes:

@@ -318,3 +318,19 @@ def test_cli_main_and_subprocess(full_grid, tmp_path, capsys):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert str(full_grid / "leaderboard.csv") in proc.stdout
+
+
+def test_odd_but_readable_records_do_not_crash(tmp_path):
+    res = tmp_path / "r"
+    write(res, {"run_id": "a", "status": "failed", "error": "boom", "metrics": None, "evaluations": [],
+                "flags": "f1", "timings": None}, name="a")
+    write(res, make_record(normalizer="sn", seed=None, train_eps="8/255", params="12"), name="b")
+    rec = make_record(normalizer="sn", seed=3, seeds=[3, 4], train_eps=round(EPS, 13))
+    rec["timings"] = {"train_seconds": 10, "epochs_done": 4}  # per-epoch time derived
+    write(res, rec, name="c")
+    written = build_leaderboard(res)
+    df = read_csv(written["csv"])
+    sn = df[df["normalizer"] == "sn"].iloc[0]
+    assert sn["n_seeds"] == 2 and "missing seeds 4" in sn["status"]  # both eps spellings group together
+    assert sn["train_seconds_per_epoch_mean"] == pytest.approx(2.5)
+    assert "seed ? failed: boom" in written["md"].read_text()
