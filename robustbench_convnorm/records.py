@@ -1,0 +1,105 @@
+"""Run records: one JSON file per run, written atomically, with everything a
+table needs (config, versions, git sha, metrics, timings, flags, status)."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+RECORD = "record.json"
+SCHEMA = 1
+_PACKAGES = ("torch", "torchattacks", "numpy", "pandas", "robustbench_convnorm")
+
+
+def write_json_atomic(obj: Any, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _jsonable(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def read_record(run_dir) -> Optional[Dict[str, Any]]:
+    path = Path(run_dir) / RECORD
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def versions() -> Dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_sha() -> Optional[str]:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) if sha else None
+
+
+def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
+    from .config import to_dict
+
+    cfg = spec.config
+    entry = spec.normalizer
+    return {
+        "schema": SCHEMA,
+        "run_id": spec.run_id,
+        "status": "running",
+        "error": None,
+        "dataset": cfg.data.source if cfg.data.source != "imagefolder"
+        else cfg.data.options.get("name", "imagefolder"),
+        "arch": cfg.model.arch,
+        "normalizer": entry.label or entry.name,
+        "normalizer_options": entry.options,
+        "batchnorm": cfg.batchnorm,
+        "train_method": cfg.train.method,
+        "train_eps": cfg.train.eps if cfg.train.method != "natural" else 0.0,
+        "seed": spec.seed,
+        "grid_axes": spec.axes,
+        "config": to_dict(cfg),
+        "metrics": {},
+        "evaluations": {},
+        "params": None,
+        "timings": {},
+        "flags": [],
+        "lipschitz": None,
+        "versions": versions(),
+        "git_sha": git_sha(),
+        "device": device,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "data_note": data_note,
+    }

@@ -1,0 +1,207 @@
+"""The training loop shared by every method: epochs, per-epoch logging and
+validation, atomic checkpoints, exact resume, failure on a non-finite loss."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoints import load_checkpoint, restore_rng_states, rng_states, save_atomic
+from ..config import to_dict
+from ..data import DeviceBatches, to_float
+from .methods import METHODS
+from .schedules import make_scheduler
+
+CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.csv"
+LOG_COLUMNS = ["epoch", "loss", "train_acc", "lr", "seconds", "images_per_second",
+               "val_clean_acc", "val_pgd_acc", "val_source"]
+#: Test hook: SIGKILL the process right after this epoch's checkpoint, to
+#: prove that a killed run resumes to the same result.
+KILL_AFTER_EPOCH_ENV = "ROBUSTBENCH_CONVNORM_KILL_AFTER_EPOCH"
+
+
+@dataclass
+class TrainResult:
+    status: str                      # finished | failed | interrupted | stopped
+    epochs_done: int
+    train_seconds: float
+    log: List[Dict[str, Any]] = field(default_factory=list)
+    error: Optional[Dict[str, Any]] = None
+
+    @property
+    def seconds_per_epoch(self) -> Optional[float]:
+        return self.train_seconds / self.epochs_done if self.epochs_done else None
+
+
+def autocast_for(amp: str, device: torch.device) -> Callable:
+    """bf16 autocast on CUDA (FFT-based layers keep their FFTs in fp32)."""
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if use and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if use and device.type == "cpu" and amp == "bf16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def make_optimizer(model, train_cfg):
+    return torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
+                           weight_decay=train_cfg.weight_decay, nesterov=train_cfg.nesterov)
+
+
+def validation_subset(data, n: int, seed: int, device):
+    """A fixed subset: the validation split when there is one, else training
+    images (unaugmented); the source is logged."""
+    if n <= 0:
+        return None
+    if data.val_x is not None:
+        x, y, source = data.val_x, data.val_y, "val"
+    else:
+        x, y, source = data.train_x, data.train_y, "train-subset"
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
+    return to_float(x[idx].to(device)), y[idx].to(device), source
+
+
+def validate(model, subset, train_cfg, batch_size: int):
+    """Clean and PGD accuracy (%) on the fixed subset; catches catastrophic overfitting."""
+    import torchattacks
+
+    if subset is None:
+        return None, None, ""
+    x, y, source = subset
+    was_training = model.training
+    model.eval()
+    clean = robust = 0
+    eps = train_cfg.eps if train_cfg.eps > 0 else 8 / 255
+    pgd = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / max(train_cfg.val_pgd_steps, 1),
+                           steps=train_cfg.val_pgd_steps, random_start=True) if train_cfg.val_pgd_steps else None
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        with torch.no_grad():
+            clean += (model(xb).argmax(1) == yb).sum()
+        if pgd is not None:
+            adv = pgd(xb, yb)
+            with torch.no_grad():
+                robust += (model(adv).argmax(1) == yb).sum()
+    model.train(was_training)
+    n = len(y)
+    return (100.0 * float(clean) / n,
+            100.0 * float(robust) / n if pgd is not None else None, source)
+
+
+def write_log(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
+    tmp = run_dir / (TRAIN_LOG + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
+    os.replace(tmp, run_dir / TRAIN_LOG)
+
+
+def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=print) -> TrainResult:
+    """Train ``model`` as ``spec`` says, resuming from ``run_dir/checkpoint.pt``."""
+    cfg = spec.config
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    batches = DeviceBatches(train_x, train_y, tc.batch_size, shuffle=True,
+                            crop_padding=cfg.data.augment.crop_padding, flip=cfg.data.augment.flip,
+                            seed=spec.seed)
+    if len(batches) == 0:
+        raise ValueError(f"no training batches: {len(train_y)} examples; lower train.batch_size")
+    optimizer = make_optimizer(model, tc)
+    method_cls = METHODS.get(tc.method)
+    steps_per_epoch = len(batches) * (tc.replays if tc.method == "free" else 1)
+    scheduler = make_scheduler(optimizer, tc, steps_per_epoch)
+    normalizer = model.normalizer
+    method = method_cls(tc, model, optimizer, scheduler, lambda: normalizer.penalty(model),
+                        autocast_for(tc.amp, device), device)
+    method.generator.manual_seed(spec.seed)
+    subset = validation_subset(data, tc.val_examples, spec.seed, device)
+
+    rows: List[Dict[str, Any]] = []
+    start_epoch, train_seconds = 0, 0.0
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        method.load_state_dict(ckpt["method"])
+        batches.set_state(ckpt["batches_rng"])
+        restore_rng_states(ckpt["rng"], device)
+        start_epoch, train_seconds, rows = ckpt["epoch"], ckpt["train_seconds"], list(ckpt["log"])
+        log(f"  resuming from epoch {start_epoch}/{tc.epochs} ({ckpt_path})")
+
+    def checkpoint(epoch: int, finished: bool):
+        save_atomic({
+            "format": 1, "epoch": epoch, "finished": finished, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(), "batches_rng": batches.state(), "rng": rng_states(device),
+            "log": rows, "train_seconds": train_seconds, "run_config": to_dict(cfg), "model_meta": meta,
+        }, ckpt_path)
+
+    if start_epoch >= tc.epochs:
+        if not ckpt_path.exists():
+            checkpoint(start_epoch, True)
+        return TrainResult("finished", start_epoch, train_seconds, rows)
+    epochs_this_process = 0
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            model.train()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            bar = tqdm(batches, desc=f"  epoch {epoch + 1}/{tc.epochs}", leave=False, disable=None)
+            for x, y in bar:
+                l, c, n = method.train_batch(x, y)
+                loss_sum, correct, seen = loss_sum + l, correct + c, seen + n
+            lr = optimizer.param_groups[0]["lr"]
+            loss = float(loss_sum) / seen      # the one host synchronisation of the epoch
+            seconds = time.perf_counter() - t0
+            if not math.isfinite(loss):
+                reason = (f"non-finite training loss ({loss}) in epoch {epoch + 1}; the last good "
+                          f"checkpoint is epoch {epoch}. Lower train.lr or check the normalizer.")
+                return TrainResult("failed", epoch, train_seconds, rows, {"epoch": epoch + 1, "reason": reason})
+            train_seconds += seconds
+            val_clean, val_pgd, source = validate(model, subset, tc, max(tc.batch_size, 256))
+            row = {"epoch": epoch + 1, "loss": loss, "train_acc": 100.0 * float(correct) / seen, "lr": lr,
+                   "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else None,
+                   "val_clean_acc": val_clean, "val_pgd_acc": val_pgd, "val_source": source}
+            rows.append(row)
+            write_log(run_dir, rows)
+            log("  epoch {epoch}/{total}: loss {loss:.4f}  train acc {acc:.2f}%  lr {lr:.4g}  {sec:.1f}s"
+                .format(epoch=epoch + 1, total=tc.epochs, loss=loss, acc=row["train_acc"], lr=lr, sec=seconds)
+                + (f"  val clean {val_clean:.1f}%" if val_clean is not None else "")
+                + (f"  val pgd {val_pgd:.1f}%" if val_pgd is not None else ""))
+            done = epoch + 1
+            if done % tc.checkpoint_every == 0 or done == tc.epochs:
+                checkpoint(done, done == tc.epochs)
+                if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(done):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            epochs_this_process += 1
+            if tc.stop_after_epochs is not None and epochs_this_process >= tc.stop_after_epochs \
+                    and done < tc.epochs:
+                return TrainResult("stopped", done, train_seconds, rows)
+    except KeyboardInterrupt:
+        last = rows[-1]["epoch"] if rows else 0
+        log(f"\n  interrupted in epoch {epoch + 1}; the checkpoint of epoch {last} is kept: "
+            f"rerun the same command (or --resume) to continue")
+        return TrainResult("interrupted", last, train_seconds, rows,
+                           {"epoch": epoch + 1, "reason": "interrupted (Ctrl-C)"})
+    return TrainResult("finished", tc.epochs, train_seconds, rows)

@@ -1,0 +1,124 @@
+"""Training methods, one minibatch at a time; they share the loop in loop.py.
+
+Each ``train_batch`` returns (sum of losses, number correct, number seen) as
+device tensors, so the loop never synchronises with the host mid-epoch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import Registry
+
+METHODS: Registry = Registry("training method")
+
+
+class Method:
+    def __init__(self, train_cfg, model, optimizer, scheduler, penalty: Callable[[], torch.Tensor],
+                 autocast, device):
+        self.cfg, self.model, self.optimizer, self.scheduler = train_cfg, model, optimizer, scheduler
+        self.penalty, self.autocast, self.device = penalty, autocast, device
+        # Randomness of perturbations (fgsm_rs starts) lives on the device.
+        self.generator = torch.Generator(device=device)
+
+    def optimizer_steps_per_batch(self) -> int:
+        return 1
+
+    def loss(self, x, y):
+        with self.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        return loss, logits
+
+    def sgd_step(self, x, y):
+        loss, logits = self.loss(x, y)
+        total = loss + self.penalty()
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def state_dict(self) -> Dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
+
+    @staticmethod
+    def tally(loss, logits, y):
+        return loss * len(y), (logits.argmax(1) == y).sum(), len(y)
+
+
+@METHODS.register("natural")
+class Natural(Method):
+    def train_batch(self, x, y):
+        loss, logits = self.sgd_step(x, y)
+        return self.tally(loss, logits, y)
+
+
+@METHODS.register("free")
+class Free(Method):
+    """Free adversarial training (Shafahi et al. 2019): each minibatch is
+    replayed m times; one backward gives both the parameter step and the
+    perturbation step. delta persists across minibatches unless reset_delta."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = self.cfg.eps
+        self.step = self.cfg.eps if self.cfg.step is None else self.cfg.step
+        self.delta = None
+
+    def optimizer_steps_per_batch(self) -> int:
+        return self.cfg.replays
+
+    def train_batch(self, x, y):
+        b = len(y)
+        if self.delta is None:
+            self.delta = torch.zeros((self.cfg.batch_size,) + tuple(x.shape[1:]), device=x.device)
+        if self.cfg.reset_delta:
+            self.delta.zero_()
+        loss_sum = correct = 0
+        for _ in range(self.cfg.replays):
+            d = self.delta[:b].clone().requires_grad_(True)  # a smaller last batch uses a prefix
+            loss, logits = self.loss((x + d).clamp(0, 1), y)
+            total = loss + self.penalty()
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            with torch.no_grad():
+                self.delta[:b] = (d + self.step * d.grad.sign()).clamp(-self.eps, self.eps)
+            l, c, _ = self.tally(loss.detach(), logits.detach(), y)
+            loss_sum, correct = loss_sum + l, correct + c
+        return loss_sum, correct, b * self.cfg.replays
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["delta"] = self.delta
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.delta = state["delta"]
+
+
+@METHODS.register("fgsm_rs")
+class FGSMRandomStart(Method):
+    """"Fast is better than free" (Wong et al. 2020): FGSM from a uniform
+    random start in the eps-ball, step 1.25 eps by default."""
+
+    def train_batch(self, x, y):
+        eps = self.cfg.eps
+        step = 1.25 * eps if self.cfg.step is None else self.cfg.step
+        delta = (torch.rand(x.shape, generator=self.generator, device=x.device) * 2 - 1) * eps
+        delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
+        loss, _ = self.loss(x + delta, y)
+        grad, = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta = (delta + step * grad.sign()).clamp(-eps, eps)
+            x_adv = (x + delta).clamp(0, 1)
+        loss, logits = self.sgd_step(x_adv, y)
+        return self.tally(loss, logits, y)
