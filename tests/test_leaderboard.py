@@ -324,7 +324,7 @@ def test_odd_but_readable_records_do_not_crash(tmp_path):
     res = tmp_path / "r"
     write(res, {"run_id": "a", "status": "failed", "error": "boom", "metrics": None, "evaluations": [],
                 "flags": "f1", "timings": None}, name="a")
-    write(res, make_record(normalizer="sn", seed=None, train_eps="8/255", params="12"), name="b")
+    write(res, make_record(normalizer="sn", seed=None, seeds=[3, 4], train_eps="8/255", params="12"), name="b")
     rec = make_record(normalizer="sn", seed=3, seeds=[3, 4], train_eps=round(EPS, 13))
     rec["timings"] = {"train_seconds": 10, "epochs_done": 4}  # per-epoch time derived
     write(res, rec, name="c")
@@ -332,5 +332,8 @@ def test_odd_but_readable_records_do_not_crash(tmp_path):
     df = read_csv(written["csv"])
     sn = df[df["normalizer"] == "sn"].iloc[0]
     assert sn["n_seeds"] == 2 and "missing seeds 4" in sn["status"]  # both eps spellings group together
-    assert sn["train_seconds_per_epoch_mean"] == pytest.approx(2.5)
+    assert sn["train_seconds_per_epoch_mean"] == pytest.approx((20.0 + 2.5) / 2)
+    runs = read_csv(written["runs_csv"]).set_index("record")
+    assert runs.loc["runs/c/record.json", "train_seconds_per_epoch"] == pytest.approx(2.5)
+    assert pd.isna(runs.loc["runs/b/record.json", "seed"]) and runs.loc["runs/b/record.json", "params"] == 12
     assert "seed ? failed: boom" in written["md"].read_text()
