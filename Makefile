@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_CPU_VERSION ?= 2.13.0
 TORCHATTACKS_VERSION ?= 3.5.1
 
-.PHONY: venv test test-all demo bench clean-venv
+.PHONY: venv test test-slow test-all demo bench clean-venv
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.txt Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -28,7 +28,11 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q
 
-# The slow tests too (CI runs these as well).
+# The slow end-to-end tests only (CI runs them after `make test`).
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+# Everything at once.
 test-all: venv
 	$(PY) -m pytest -q -m "slow or not slow"
 
