@@ -38,6 +38,11 @@ import pandas as pd
 __all__ = ["build_leaderboard", "load_runs", "main", "LeaderboardWarning"]
 
 GROUP_KEYS = ("dataset", "arch", "normalizer", "batchnorm", "train_method", "train_eps")
+# The full key adds `variant` (normalizer options and extra grid axes), so that two
+# genuinely different models that share the six fields above are never averaged.
+KEY_FIELDS = GROUP_KEYS + ("variant",)
+# Grid axes already part of the key (or of the seed): not repeated in `variant`.
+_AXES_IN_KEY = {"seeds", "normalizers", "batchnorm", "data.source", "model.arch", "train.method", "train.eps"}
 # Models that share a context are directly comparable (one paper-layout table each).
 CONTEXT_KEYS = ("dataset", "arch", "train_method", "train_eps")
 
@@ -70,7 +75,7 @@ class Run:
     path: Path
     run_id: str
     status: str
-    key: Tuple  # GROUP_KEYS values
+    key: Tuple  # KEY_FIELDS values
     seed: Optional[int]
     metrics: Dict[str, float]  # numeric entries of record["metrics"]
     evaluations: Dict[str, dict]
@@ -124,6 +129,10 @@ def _key_eps(x: Any) -> Optional[float]:
     return None if math.isnan(v) else round(v, 10)
 
 
+def _short(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"), default=str) if isinstance(v, (dict, list)) else str(v)
+
+
 def _seed(x: Any) -> Optional[int]:
     v = _num(x)
     return None if math.isnan(v) else int(v)
@@ -145,6 +154,11 @@ def _parse_record(path: Path, data: Any) -> Run:
         v = data.get(name)
         return config.get(name) if v is None else v
 
+    options = data.get("normalizer_options")
+    options = options if isinstance(options, dict) else {}
+    axes = data.get("grid_axes") if isinstance(data.get("grid_axes"), dict) else {}
+    variant = ", ".join([f"{k}={_short(v)}" for k, v in sorted(options.items())]
+                        + [f"{k}={_short(v)}" for k, v in sorted(axes.items()) if k not in _AXES_IN_KEY])
     key = (
         None if field_("dataset") is None else str(field_("dataset")),
         None if field_("arch") is None else str(field_("arch")),
@@ -152,6 +166,7 @@ def _parse_record(path: Path, data: Any) -> Run:
         bool(field_("batchnorm")),
         None if field_("train_method") is None else str(field_("train_method")),
         _key_eps(field_("train_eps")),
+        variant,
     )
     raw_metrics = data.get("metrics") or {}
     if not isinstance(raw_metrics, dict):
@@ -181,7 +196,6 @@ def _parse_record(path: Path, data: Any) -> Run:
     expected = None
     if isinstance(seeds, (list, tuple)):
         expected = sorted({s for s in (_seed(x) for x in seeds) if s is not None})
-    options = data.get("normalizer_options")
     return Run(
         path=path,
         run_id=str(data["run_id"]),
@@ -196,7 +210,7 @@ def _parse_record(path: Path, data: Any) -> Run:
         error_epoch=error.get("epoch"),
         error_reason="" if error.get("reason") is None else str(error.get("reason")),
         expected_seeds=expected,
-        normalizer_options=options if isinstance(options, dict) else {},
+        normalizer_options=options,
         data_note="" if not data.get("data_note") else str(data["data_note"]),
         created="" if data.get("created") is None else str(data["created"]),
         device="" if data.get("device") is None else str(data["device"]),
@@ -316,7 +330,7 @@ def runs_frame(runs: Sequence[Run], info: MetricInfo, results_dir: Path) -> pd.D
     rows = []
     for r in sorted(runs, key=lambda r: (_sortable(r.key), -1 if r.seed is None else r.seed, r.run_id)):
         row: Dict[str, Any] = {"run_id": r.run_id, "status": r.status}
-        row.update(dict(zip(GROUP_KEYS, r.key)))
+        row.update(dict(zip(KEY_FIELDS, r.key)))
         row["train_eps"] = r.train_eps
         row["normalizer_options"] = _json_compact(r.normalizer_options)
         row["seed"] = r.seed
@@ -337,7 +351,7 @@ def runs_frame(runs: Sequence[Run], info: MetricInfo, results_dir: Path) -> pd.D
         except ValueError:
             row["record"] = str(r.path)
         rows.append(row)
-    columns = (["run_id", "status", *GROUP_KEYS[:3], "normalizer_options", *GROUP_KEYS[3:], "seed"]
+    columns = (["run_id", "status", *GROUP_KEYS[:3], "normalizer_options", *GROUP_KEYS[3:], "variant", "seed"]
                + record_metrics + ["params", "train_seconds", "train_seconds_per_epoch", "eval_seconds",
                                    "epochs_done", "flags", "error_epoch", "error_reason", "device",
                                    "git_sha", "created", "data_note", "record"])
@@ -351,9 +365,12 @@ def _sortable(key: Tuple) -> Tuple:
     return tuple((v is None, "" if v is None else v) for v in key)
 
 
-def model_label(normalizer: Optional[str], batchnorm: bool) -> str:
-    """normalizer(+BN): 'convnorm+BN', 'sn'."""
-    return f"{normalizer or '?'}{'+BN' if batchnorm else ''}"
+def model_label(normalizer: Optional[str], batchnorm: bool, variant: str = "") -> str:
+    """normalizer(+BN) [variant]: 'convnorm+BN', 'sn', 'sn [train.lr=0.01]'. A normalizer
+    labelled 'bn' (plain conv + BN, the paper's "BN" column) stays 'bn'."""
+    name = normalizer or "?"
+    bn = "+BN" if batchnorm and name.lower() not in ("bn", "batchnorm") else ""
+    return f"{name}{bn}" + (f" [{variant}]" if variant else "")
 
 
 @dataclass
@@ -363,6 +380,7 @@ class Group:
     reps: Dict[Any, Run] = field(default_factory=dict)  # seed (or run_id) -> the record that counts
     duplicates: List[Any] = field(default_factory=list)  # seeds with more than one record
     expected: List[int] = field(default_factory=list)
+    label: str = ""
     notes: List[str] = field(default_factory=list)  # for leaderboard.md
 
     @property
@@ -393,7 +411,16 @@ def make_groups(runs: Sequence[Run], info: MetricInfo) -> List[Group]:
     by_key: Dict[Tuple, List[Run]] = {}
     for r in runs:
         by_key.setdefault(r.key, []).append(r)
-    seen_seeds = sorted({r.seed for r in runs if r.seed is not None})
+    # run records hold only their own seed in config.seeds; the grid's seeds are
+    # the union of every configured and every seen seed under RESULTS_DIR.
+    expected = {r.seed for r in runs if r.seed is not None}
+    for r in runs:
+        expected.update(r.expected_seeds or ())
+    expected_seeds = sorted(expected)
+    # the variant shows in the label only where it tells models of one context apart
+    variants: Dict[Tuple, set] = {}
+    for key in by_key:
+        variants.setdefault(key[:6], set()).add(key[6])
     groups = []
     for key in sorted(by_key, key=_sortable):
         g = Group(key=key, runs=by_key[key])
@@ -404,8 +431,8 @@ def make_groups(runs: Sequence[Run], info: MetricInfo) -> List[Group]:
             g.reps[s] = _pick(recs)
             if len(recs) > 1:
                 g.duplicates.append(s)
-        configured = [r.expected_seeds for r in g.runs if r.expected_seeds is not None]
-        g.expected = sorted(set().union(*configured)) if configured else list(seen_seeds)
+        g.expected = list(expected_seeds)
+        g.label = model_label(key[2], key[3], key[6] if len(variants[key[:6]]) > 1 else "")
         _status_notes(g, info)
         groups.append(g)
     return groups
@@ -430,9 +457,6 @@ def _status_notes(g: Group, info: MetricInfo) -> None:
             have = sum(not math.isnan(r.value(m)) for r in fin)
             if 0 < have < len(fin):
                 g.notes.append(f"{m} from {have} of {len(fin)} finished seeds")
-        options = {_json_compact(r.normalizer_options) for r in fin}
-        if len(options) > 1:
-            g.notes.append("normalizer_options differ between seeds: " + " | ".join(sorted(o or "{}" for o in options)))
 
 
 def _status(g: Group) -> str:
@@ -448,17 +472,15 @@ def _status(g: Group) -> str:
         parts.append(f"{n_unf} not finished (seed {_seeds_text(r.seed for r in g.unfinished)})")
     if missing:
         parts.append(f"missing seeds {_seeds_text(missing)}")
-    if any(n.startswith("normalizer_options differ") for n in g.notes):
-        parts.append("mixed normalizer_options")
     return ", ".join(parts) if parts else "ok"
 
 
 def groups_frame(groups: Sequence[Group], info: MetricInfo) -> pd.DataFrame:
     rows = []
     for g in groups:
-        row: Dict[str, Any] = dict(zip(GROUP_KEYS, g.key))
+        row: Dict[str, Any] = dict(zip(KEY_FIELDS, g.key))
         row["train_eps"] = next((r.train_eps for r in g.runs if not math.isnan(r.train_eps)), math.nan)
-        row["model"] = model_label(g.key[2], g.key[3])
+        row["model"] = g.label
         fin = g.finished
         row["n_seeds"] = len(fin)
         row["n_failed"] = len(g.failed)
@@ -476,7 +498,7 @@ def groups_frame(groups: Sequence[Group], info: MetricInfo) -> pd.DataFrame:
         row["data_note"] = " | ".join(sorted({r.data_note for r in g.runs if r.data_note}))
         row["_gkey"] = g.key  # internal: not written
         rows.append(row)
-    columns = (["rank", *GROUP_KEYS, "model", "n_seeds", "n_failed", "n_running", "n_expected", "seeds",
+    columns = (["rank", *KEY_FIELDS, "model", "n_seeds", "n_failed", "n_running", "n_expected", "seeds",
                 "missing_seeds", "status"]
                + [f"{m}_{s}" for m in info.names for s in ("mean", "std")] + ["flags", "data_note", "_gkey"])
     df = pd.DataFrame(rows, columns=columns)
@@ -688,7 +710,7 @@ def render_markdown(df: pd.DataFrame, groups: Sequence[Group], info: MetricInfo,
         for g in notes:
             d = dict(zip(GROUP_KEYS, g.key))
             where = f"{_txt(d['dataset'])} · {_context_text(d)}"
-            lines.append(f"- **{model_label(d['normalizer'], d['batchnorm'])}** ({where}): " + "; ".join(g.notes))
+            lines.append(f"- **{g.label}** ({where}): " + "; ".join(g.notes))
         for path, reason in skipped:
             lines.append(f"- skipped unreadable record `{path}`: {reason}")
         lines.append("")
@@ -738,7 +760,7 @@ def _whitebox_points(groups: Sequence[Group], info: MetricInfo):
 
 def _line_label(g: Group, many_contexts: bool, extra: str = "") -> str:
     d = dict(zip(GROUP_KEYS, g.key))
-    lab = model_label(d["normalizer"], d["batchnorm"])
+    lab = g.label
     if many_contexts:
         lab += f" [{d['dataset']}/{d['arch']}/{d['train_method']} {fmt_eps(d['train_eps'])}]"
     return lab + (f" {extra}" if extra else "")

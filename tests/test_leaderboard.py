@@ -17,10 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_record(*, normalizer="convnorm", seed=0, status="finished", batchnorm=True, dataset="cifar10",
-                arch="resnet18", train_method="free", train_eps=EPS, seeds=(0, 1, 2), clean=80.0,
+                arch="resnet18", train_method="free", train_eps=EPS, seeds=None, clean=80.0,
                 fgsm=50.0, pgd10=45.0, pgd20=44.0, worst=None, simba=None, flags=(), error=None,
                 params=11_000_000, sec_per_epoch=20.0, extra_evals=None, data_note=None, **over):
-    """A record.json as records.py writes it; accuracies in percent."""
+    """A record.json as records.py writes it; accuracies in percent. Like the run CLI, config.seeds
+    holds the run's own seed unless `seeds` gives a whole list."""
+    if seeds is None:
+        seeds = [] if seed is None else [seed]
     metrics, evaluations = {}, {}
     if status == "finished":
         metrics = {"clean_acc": clean, "fgsm_acc": fgsm, "pgd10_acc": pgd10, "pgd20_acc": pgd20,
@@ -51,6 +54,7 @@ def make_record(*, normalizer="convnorm", seed=0, status="finished", batchnorm=T
         "error": error,
         "dataset": dataset, "arch": arch, "normalizer": normalizer, "normalizer_options": {},
         "batchnorm": batchnorm, "train_method": train_method, "train_eps": train_eps, "seed": seed,
+        "grid_axes": {},
         "config": {"seeds": list(seeds), "dataset": {"name": dataset}, "epochs": 30},
         "metrics": metrics,
         "evaluations": evaluations,
@@ -337,3 +341,44 @@ def test_odd_but_readable_records_do_not_crash(tmp_path):
     assert runs.loc["runs/c/record.json", "train_seconds_per_epoch"] == pytest.approx(2.5)
     assert pd.isna(runs.loc["runs/b/record.json", "seed"]) and runs.loc["runs/b/record.json", "params"] == 12
     assert "seed ? failed: boom" in written["md"].read_text()
+
+
+def test_variants_are_separate_models_and_bn_label(tmp_path):
+    res = tmp_path / "r"
+    for seed in (0, 1):
+        # one normalizer listed twice with different options, and an extra grid axis
+        write(res, make_record(normalizer="convnorm", seed=seed, pgd20=40.0 + seed,
+                               normalizer_options={"kernel": 3}), name=f"k3-{seed}")
+        write(res, make_record(normalizer="convnorm", seed=seed, pgd20=30.0 + seed,
+                               normalizer_options={"kernel": 5}), name=f"k5-{seed}")
+        write(res, make_record(normalizer="sn", seed=seed, pgd20=20.0, grid_axes={"train.lr": 0.1,
+                                                                                  "train.eps": EPS}),
+              name=f"sn-lr0.1-{seed}")
+        write(res, make_record(normalizer="sn", seed=seed, pgd20=10.0, grid_axes={"train.lr": 0.01,
+                                                                                  "train.eps": EPS}),
+              name=f"sn-lr0.01-{seed}")
+        write(res, make_record(normalizer="bn", seed=seed, pgd20=5.0, normalizer_options={}), name=f"bn-{seed}")
+    written = build_leaderboard(res)
+    df = read_csv(written["csv"])
+    assert list(df["model"]) == ["convnorm+BN [kernel=3]", "convnorm+BN [kernel=5]", "sn+BN [train.lr=0.1]",
+                                 "sn+BN [train.lr=0.01]", "bn"]
+    assert list(df["n_seeds"]) == [2] * 5 and set(df["status"]) == {"ok"}
+    assert list(df["pgd20_acc_mean"]) == [40.5, 30.5, 20.0, 10.0, 5.0]
+    assert df["variant"].fillna("").tolist()[-1] == ""
+    runs = read_csv(written["runs_csv"])
+    assert len(runs) == 10 and "variant" in runs.columns
+
+
+def test_rerun_of_a_seed_counts_once(tmp_path):
+    res = tmp_path / "r"
+    write(res, make_record(seed=0, status="failed", error={"epoch": 2, "reason": "NaN loss"},
+                           created="2026-01-01T00:00:00"), name="old")
+    write(res, make_record(seed=0, pgd20=42.0, created="2026-01-02T00:00:00"), name="new")
+    write(res, make_record(seed=1, pgd20=40.0, created="2026-01-01T00:00:00"), name="s1a")
+    write(res, make_record(seed=1, pgd20=44.0, created="2026-01-03T00:00:00"), name="s1b")
+    written = build_leaderboard(res)
+    row = read_csv(written["csv"]).iloc[0]
+    assert (row["n_seeds"], row["n_failed"]) == (2, 0)
+    assert row["pgd20_acc_mean"] == pytest.approx(43.0)  # the newest finished record of each seed
+    assert "several records for seed(s) 0,1" in written["md"].read_text()
+    assert len(read_csv(written["runs_csv"])) == 4
