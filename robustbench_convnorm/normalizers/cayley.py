@@ -1,0 +1,176 @@
+"""Orthogonal convolutions by the Cayley transform in the Fourier domain
+(Trockman & Kolter, ICLR 2021).
+
+This layer is a CIRCULAR convolution: it wraps around the image borders
+(there is no zero padding; the ``padding`` argument is ignored, the kernel
+is centred at offset (k-1)//2 as ``nn.Conv2d`` with padding (k-1)//2 would
+be). On an H x W input the kernel's transform is taken at that size; for
+every frequency w the complex C_out x C_in matrix W(w) becomes
+
+    A(w) = skew(alpha * W(w) / ||w||_F),   Q(w) = (I + A)^-1 (I - A)
+
+(with the tall/wide form of the Cayley transform when C_in != C_out), and
+the output is ``irfft2(Q(w) rfft2(x)(w))``. Q(w) is unitary for a square
+layer, an isometry (orthonormal columns) for C_out > C_in and a co-isometry
+(orthonormal rows) for C_out < C_in, so the whole layer is orthogonal in
+the same sense. Stride s is emulated by a space-to-depth rearrangement
+(s*s times the input channels, an orthogonal permutation) followed by a
+stride-1 layer of kernel size max(1, k // s); the input size must be a
+multiple of s.
+
+``alpha`` is a parameter created in ``__init__`` (so the optimizer sees it),
+initialised to the kernel's Frobenius norm; it is relative to ||w||_F
+rather than to the norm of the kernel's FFT at the input size (the latter
+is n * ||w||_F on an n x n full spectrum by Parseval), so it does not
+depend on the input size.
+
+Q is cached and reused while the weights do not change in evaluation mode
+or under ``torch.no_grad()`` (attacks, evaluation); the cache is keyed on
+the parameters' storage and version counters, the input size, device and
+dtype, and is dropped by ``train()``. In evaluation mode the cached Q is a
+constant: input gradients are exact, but no gradient reaches the weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .base import Normalizer
+from .registry import register_normalizer
+
+
+def _pair(value) -> Tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def cayley_transform(w: torch.Tensor) -> torch.Tensor:
+    """Cayley transform of a batch of complex matrices (..., m, n): unitary
+    for m == n, orthonormal columns for m > n (tall form), orthonormal rows
+    for m < n (the tall form of the conjugate transpose)."""
+    m, n = w.shape[-2:]
+    if n > m:
+        return cayley_transform(w.mH).mH
+    u, v = w[..., :n, :], w[..., n:, :]
+    eye = torch.eye(n, dtype=w.dtype, device=w.device)
+    a = u - u.mH + v.mH @ v
+    inv = torch.linalg.inv(eye + a)
+    # (I+A)^-1 (I-A) == (I-A)(I+A)^-1: both are functions of A.
+    return torch.cat([(eye - a) @ inv, -2.0 * (v @ inv)], dim=-2)
+
+
+def space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C*s*s, H/s, W/s), a permutation of the entries."""
+    b, c, h, w = x.shape
+    if h % s or w % s:
+        raise ValueError(f"cayley: stride {s} needs an input size divisible by {s}, got {h}x{w}")
+    x = x.reshape(b, c, h // s, s, w // s, s).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * s * s, h // s, w // s)
+
+
+class CayleyConv2d(nn.Module):
+    """Orthogonal convolution with circular boundaries (it wraps around the
+    borders; ``padding`` is ignored). See the module docstring."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = False):
+        super().__init__()
+        sh, sw = _pair(stride)
+        if sh != sw or sh < 1:
+            raise ValueError(f"cayley: needs equal positive strides, got {stride}")
+        kh, kw = _pair(kernel_size)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.stride = (sh, sw)
+        self.padding = _pair(padding)  # kept for reference only: the layer is circular
+        # Space-to-depth for stride s: s*s more input channels, kernel max(1, k // s).
+        self.kernel_size = (max(1, kh // sh), max(1, kw // sw))
+        self.conv_in_channels = self.in_channels * sh * sw
+        self.weight = nn.Parameter(torch.empty(self.out_channels, self.conv_in_channels, *self.kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default
+        self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
+        # Created here (not lazily in the first forward) so that optimizers built
+        # after the model include it; A = skew(alpha * W / ||w||_F) equals skew(W)
+        # at initialisation.
+        self.alpha = nn.Parameter(self.weight.detach().norm())
+        self._cache: Optional[Tuple[tuple, torch.Tensor]] = None
+
+    # ------------------------------------------------------------------ Q
+    def _kernel_transform(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """W(w) for w on the rfft2 grid: (height, width//2+1, C_out, C_in'),
+        the transfer matrices of a circular cross-correlation centred at
+        (k-1)//2, like nn.Conv2d with padding (k-1)//2."""
+        kh, kw = self.kernel_size
+        ph, pw = (kh - 1) // 2, (kw - 1) // 2
+        real = torch.float64 if dtype == torch.complex128 else torch.float32
+        dev = self.weight.device
+        fh = torch.arange(height, device=dev, dtype=real)[:, None]
+        fw = torch.arange(width // 2 + 1, device=dev, dtype=real)[:, None]
+        th = torch.arange(kh, device=dev, dtype=real)[None, :] - ph
+        tw = torch.arange(kw, device=dev, dtype=real)[None, :] - pw
+        # y[i] = sum_m w[m] x[i + m - p]  =>  Y(f) = sum_m w[m] exp(+2 pi i f (m - p) / n) X(f)
+        eh = torch.polar(torch.ones((), dtype=real, device=dev).expand(height, kh), 2 * math.pi * fh * th / height)
+        ew = torch.polar(torch.ones((), dtype=real, device=dev).expand(width // 2 + 1, kw),
+                         2 * math.pi * fw * tw / width)
+        return torch.einsum("am,bn,oimn->aboi", eh, ew, self.weight.to(dtype))
+
+    def orthogonal_matrices(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Q(w) for a stride-1 input grid of (height, width) (after
+        space-to-depth): complex (height, width//2+1, C_out, C_in')."""
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        with torch.autocast(self.weight.device.type, enabled=False):
+            wf = self._kernel_transform(height, width, cdtype)
+            scale = self.alpha.to(wf.real.dtype) / self.weight.to(wf.real.dtype).norm()
+            return cayley_transform(wf * scale)
+
+    def _q(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        cacheable = (not self.training) or (not torch.is_grad_enabled())
+        if not cacheable:
+            self._cache = None
+            return self.orthogonal_matrices(height, width, dtype)
+        key = (self.weight.data_ptr(), self.weight._version, self.alpha.data_ptr(), self.alpha._version,
+               height, width, dtype, self.weight.device, torch.is_inference_mode_enabled())
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        with torch.no_grad():
+            q = self.orthogonal_matrices(height, width, dtype)
+        self._cache = (key, q)
+        return q
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    # ------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride[0]
+        if s > 1:
+            x = space_to_depth(x, s)
+        out_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        b, c, h, w = x.shape
+        q = self._q(h, w, dtype)  # (h, w//2+1, C_out, C_in')
+        with torch.autocast(x.device.type, enabled=False):
+            xf = torch.fft.rfft2(x.to(dtype))                      # (B, C_in', h, w//2+1)
+            xf = xf.permute(2, 3, 1, 0)                           # (h, w//2+1, C_in', B)
+            yf = (q @ xf).permute(3, 2, 0, 1)                     # (B, C_out, h, w//2+1)
+            y = torch.fft.irfft2(yf, s=(h, w))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+        return y.to(out_dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size} (after "
+                f"space-to-depth), stride={self.stride}, circular"
+                + (", bias=True" if self.bias is not None else ""))
+
+
+@register_normalizer("cayley")
+class Cayley(Normalizer):
+    """Orthogonal circular convolutions by the Cayley transform. No options."""
+
+    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        return CayleyConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
