@@ -161,6 +161,7 @@ def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log) -> None
     model.eval()
     t0 = time.perf_counter()
     eval_cfg = to_dict(cfg.eval)
+    eval_cfg.pop("lipschitz")  # ours, not the attack protocol's
     report = evaluate(model, data.test_x.to(device), data.test_y.to(device), eval_cfg, device=device, log=log)
     record["metrics"].update(report.metrics)
     record["flags"] = sorted(set(record["flags"]) | set(report.flags))

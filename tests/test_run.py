@@ -1,0 +1,182 @@
+"""The run command end to end: grid, records, resume after a kill, failure
+handling, re-evaluation, determinism, and the error paths."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from robustbench_convnorm import run
+from robustbench_convnorm.checkpoints import load_checkpoint
+from robustbench_convnorm.normalizers import Normalizer, register_normalizer
+from robustbench_convnorm.training.loop import KILL_AFTER_EPOCH_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data": {"source": "synthetic", "options": {"n_train": 96, "n_test": 48, "size": 8, "num_classes": 4},
+             "augment": {"crop_padding": 1, "flip": True}},
+    "model": {"arch": "convnet", "width": 0.5},
+    "normalizers": [{"name": "vanilla"}],
+    "train": {"method": "free", "epochs": 3, "batch_size": 32, "lr": 0.05, "replays": 2, "schedule": "cosine",
+              "val_examples": 16, "val_pgd_steps": 2},
+    "eval": {"batch_size": 48, "lipschitz": False,
+             "evaluators": [{"type": "clean"}, {"type": "fgsm", "eps": "8/255"},
+                            {"type": "pgd", "eps": "8/255", "step": "2/255", "steps": 3},
+                            {"type": "simba", "n_images": 8, "step": 0.2, "max_iters": 20}]},
+    "seeds": [0],
+    "device": "cpu",
+}
+
+
+def write_config(tmp_path, out, **changes):
+    raw = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            raw[section][leaf] = value
+        else:
+            raw[section] = value
+    raw["output_dir"] = str(tmp_path / out)
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def records(out_dir):
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("runs/*/record.json"))}
+
+
+def comparable(rec):
+    drop = {"timings", "created", "git_sha", "config", "evaluations"}
+    out = {k: v for k, v in rec.items() if k not in drop}
+    out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
+                          for k, v in rec["evaluations"].items()}
+    return out
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "robustbench_convnorm.run", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    straight = write_config(tmp_path, "straight")
+    killed = write_config(tmp_path, "killed")
+    assert cli(straight).returncode == 0
+    first = cli(killed, env={KILL_AFTER_EPOCH_ENV: "1"})
+    assert first.returncode == -9                                   # SIGKILLed after epoch 1's checkpoint
+    (rec,) = records(tmp_path / "killed").values()
+    assert rec["status"] == "running"
+    second = cli(killed)
+    assert second.returncode == 0, second.stderr
+    assert "resuming from epoch 1/3" in second.stdout
+    (a,), (b,) = records(tmp_path / "straight").values(), records(tmp_path / "killed").values()
+    assert comparable(a) == comparable(b)
+    ca = load_checkpoint(next((tmp_path / "straight").glob("runs/*/checkpoint.pt")))
+    cb = load_checkpoint(next((tmp_path / "killed").glob("runs/*/checkpoint.pt")))
+    for key in ca["model"]:
+        assert torch.equal(ca["model"][key], cb["model"][key]), key
+    assert torch.equal(ca["method"]["delta"], cb["method"]["delta"])
+    # a finished run is skipped on a rerun
+    again = cli(killed)
+    assert again.returncode == 0 and "[skip]" in again.stdout
+
+
+@register_normalizer("test_nan_bomb")
+class NaNBomb(Normalizer):
+    """Produces NaN from its 5th training forward on (3 per epoch here): a loss that blows up in epoch 2."""
+
+    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        return _Bomb(in_channels, out_channels, kernel_size, stride, padding)
+
+
+class _Bomb(nn.Conv2d):
+    def __init__(self, *args):
+        super().__init__(*args, bias=False)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += self.training
+        out = super().forward(x)
+        return out * float("nan") if self.calls > 4 else out
+
+
+def test_nan_fails_that_run_and_the_grid_goes_on(tmp_path, capsys):
+    cfg = write_config(tmp_path, "nan", normalizers=[{"name": "test_nan_bomb"}, {"name": "vanilla"}],
+                       train__epochs=2, train__replays=1)
+    code = run.main([str(cfg)])
+    assert code == 1
+    recs = {r["normalizer"]: r for r in records(tmp_path / "nan").values()}
+    bomb, good = recs["test_nan_bomb"], recs["vanilla"]
+    assert bomb["status"] == "failed" and bomb["error"]["epoch"] == 2
+    assert "non-finite training loss" in bomb["error"]["reason"]
+    assert good["status"] == "finished" and "clean_acc" in good["metrics"]
+    ckpt = load_checkpoint(next((tmp_path / "nan").glob("runs/*test_nan_bomb*/checkpoint.pt")))
+    assert ckpt["epoch"] == 1                                      # the last good checkpoint is kept
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert (tmp_path / "nan" / "leaderboard.csv").exists()
+
+
+def test_same_seed_same_record_and_eval_only_reproduces(tmp_path):
+    a = write_config(tmp_path, "a", train__epochs=1)
+    b = write_config(tmp_path, "b", train__epochs=1)
+    assert run.main([str(a)]) == 0 and run.main([str(b)]) == 0
+    (ra,), (rb,) = records(tmp_path / "a").values(), records(tmp_path / "b").values()
+    assert comparable(ra) == comparable(rb)
+    assert ra["status"] == "finished" and 0 <= ra["metrics"]["pgd3_acc"] <= ra["metrics"]["clean_acc"]
+    per_example = (tmp_path / "a" / "runs" / ra["run_id"] / "per_example.csv").read_text()
+    assert run.main([str(a), "--eval-only"]) == 0
+    (again,) = records(tmp_path / "a").values()
+    assert again["metrics"] == ra["metrics"] and again["flags"] == ra["flags"]
+    assert (tmp_path / "a" / "runs" / ra["run_id"] / "per_example.csv").read_text() == per_example
+
+
+def test_eval_only_without_checkpoint_is_a_failed_record(tmp_path):
+    cfg = write_config(tmp_path, "none")
+    assert run.main([str(cfg), "--eval-only"]) == 1
+    (rec,) = records(tmp_path / "none").values()
+    assert rec["status"] == "failed" and "train the run first" in rec["error"]["reason"]
+
+
+def test_dry_run_list_and_config_errors(tmp_path, capsys):
+    cfg = write_config(tmp_path, "dry", seeds=[0, 1, 2])
+    assert run.main([str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 run(s)" in out and not (tmp_path / "dry").exists()      # nothing trained or written
+    assert run.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("normalizers:", "convnorm", "evaluators:", "simba", "models:", "resnet18", "data sources:", "imagefolder"):
+        assert word in out
+    bad = write_config(tmp_path, "bad", normalizers=[{"name": "convnrom"}])
+    assert run.main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown normalizer 'convnrom' (did you mean 'convnorm'?)" in err and "registered:" in err
+    assert run.main([str(cfg), "--set", "eval.evaluators=[{type: pgd, stepz: 3}]"]) == 2
+    assert "no option 'stepz'" in capsys.readouterr().err
+    assert run.main([str(cfg), "--set", "train.epochs=-1"]) == 2
+    assert "train.epochs: -1 is out of range" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """The README's demo: every normalizer trains with free AT, is evaluated, and the leaderboard is written."""
+    out = tmp_path / "quick"
+    proc = cli(ROOT / "configs" / "quickstart.yaml", "--set", f"output_dir={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recs = records(out)
+    assert len(recs) == 8 and all(r["status"] == "finished" for r in recs.values())
+    for r in recs.values():
+        m = r["metrics"]
+        for key in ("clean_acc", "fgsm_acc", "pgd10_acc", "pgd20_acc", "worst_case_acc", "simba_success_rate"):
+            assert key in m, (r["run_id"], key)
+        assert m["pgd20_acc"] <= m["clean_acc"]
+        assert r["lipschitz"] and "lip_product_log10" in m
+    for name in ("leaderboard.csv", "leaderboard_runs.csv", "leaderboard.md"):
+        assert (out / name).exists()
+    assert list(out.glob("*.png"))
