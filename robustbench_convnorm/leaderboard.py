@@ -537,11 +537,12 @@ def strongest_whitebox(info: MetricInfo, df: pd.DataFrame) -> Optional[str]:
         e = info.eval_eps.get(m)
         if main_eps is not None and e is not None and round(e, 10) != main_eps:
             continue
-        cands.append((m, int(col.notna().sum()), float(col.mean())))
+        cands.append((m, int(col.notna().sum()), round(float(col.mean()), 9), len(cands)))
     if not cands:
         return None
     best_cov = max(c[1] for c in cands)
-    return min((c for c in cands if c[1] == best_cov), key=lambda c: c[2])[0]
+    # ties go to the later column (PGD-20 over PGD-10 over FGSM): more steps, no weaker
+    return min((c for c in cands if c[1] == best_cov), key=lambda c: (c[2], -c[3]))[0]
 
 
 def choose_rank_metric(info: MetricInfo, df: pd.DataFrame, rank_by: Optional[str]) -> Optional[str]:
@@ -667,7 +668,12 @@ def render_markdown(df: pd.DataFrame, groups: Sequence[Group], info: MetricInfo,
     lines.append("")
     if df.empty:
         lines.append("No run records found." if not skipped else "No readable run records found.")
-    metric_cols = [m for m in info.names if f"{m}_mean" in df and df[f"{m}_mean"].notna().any()]
+    # The md shows the headline metrics; the CSVs hold every metric.
+    headline = ["clean_acc", *info.whitebox, "worst_case_acc", "simba_success_rate", "simba_avg_queries",
+                "train_seconds_per_epoch", "params", "lip_product_log10", "mean_layer_spectral_norm"]
+    if rank_metric and rank_metric not in headline:
+        headline.append(rank_metric)
+    metric_cols = [m for m in info.names if m in headline and df[f"{m}_mean"].notna().any()]
     for ds, sub in df.groupby(df["dataset"].fillna("?"), sort=True):
         lines += [f"## {ds}", ""]
         varying = [k for k in ("arch", "train_method", "train_eps") if sub[k].nunique(dropna=False) > 1]

@@ -382,3 +382,17 @@ def test_rerun_of_a_seed_counts_once(tmp_path):
     assert row["pgd20_acc_mean"] == pytest.approx(43.0)  # the newest finished record of each seed
     assert "several records for seed(s) 0,1" in written["md"].read_text()
     assert len(read_csv(written["runs_csv"])) == 4
+
+
+def test_tied_attacks_rank_by_the_later_one_and_md_shows_headline_metrics(tmp_path):
+    res = tmp_path / "r"
+    for norm in ("sn", "oni"):
+        rec = make_record(normalizer=norm, fgsm=13.0, pgd10=13.0, pgd20=13.0)
+        rec["metrics"]["simba_mean_l2"] = 0.82
+        write(res, rec)
+    written = build_leaderboard(res)
+    md = written["md"].read_text()
+    assert "Ranked within each dataset by **PGD-20**" in md
+    assert "simba mean l2" not in md
+    assert read_csv(written["csv"])["simba_mean_l2_mean"].tolist() == [0.82, 0.82]
+    assert read_csv(written["runs_csv"])["simba_mean_l2"].tolist() == [0.82, 0.82]
