@@ -439,7 +439,7 @@ def make_groups(runs: Sequence[Run], info: MetricInfo) -> List[Group]:
 
 
 def _status_notes(g: Group, info: MetricInfo) -> None:
-    """Fill g.notes: failures with their reasons, missing seeds, partial metrics, mixed options."""
+    """Fill g.notes: failures with their reasons, unfinished and missing seeds, duplicates, partial metrics."""
     for r in sorted(g.failed, key=lambda r: str(r.seed)):
         where = f" at epoch {r.error_epoch}" if r.error_epoch not in (None, "") else ""
         g.notes.append(f"seed {_txt(r.seed)} failed{where}: {r.error_reason or 'no reason recorded'}")
