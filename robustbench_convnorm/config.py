@@ -357,6 +357,7 @@ class RunSpec:
     seed: int
     run_id: str
     axes: Dict[str, Any] = field(default_factory=dict)
+    grid_seeds: List[int] = field(default_factory=list)  # every seed of the grid, for tables
 
     @property
     def run_dir(self) -> Path:
@@ -407,7 +408,8 @@ def expand_grid(cfg: Config, source: str = "<config>") -> List[RunSpec]:
             set_path(raw, key, value, source=f"{source} (normalizer {entry.name} overrides.{key})")
         run_cfg = config_from_dict(raw, source=source)
         run_cfg.grid = dict(cfg.grid)
-        specs.append(RunSpec(run_cfg, run_cfg.normalizers[0], seed, make_run_id(run_cfg), chosen))
+        specs.append(RunSpec(run_cfg, run_cfg.normalizers[0], seed, make_run_id(run_cfg), chosen,
+                             list(cfg.seeds)))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{source}: two runs of the grid are identical; list each normalizer, "

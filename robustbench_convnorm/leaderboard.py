@@ -192,7 +192,8 @@ def _parse_record(path: Path, data: Any) -> Run:
     error = data.get("error") if isinstance(data.get("error"), dict) else {}
     if isinstance(data.get("error"), str):
         error = {"reason": data["error"]}
-    seeds = config.get("seeds")
+    # the grid's seeds (a run's own config holds only its seed)
+    seeds = data.get("grid_seeds") or config.get("seeds")
     expected = None
     if isinstance(seeds, (list, tuple)):
         expected = sorted({s for s in (_seed(x) for x in seeds) if s is not None})

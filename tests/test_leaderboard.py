@@ -396,3 +396,13 @@ def test_tied_attacks_rank_by_the_later_one_and_md_shows_headline_metrics(tmp_pa
     assert "simba mean l2" not in md
     assert read_csv(written["csv"])["simba_mean_l2_mean"].tolist() == [0.82, 0.82]
     assert read_csv(written["runs_csv"])["simba_mean_l2"].tolist() == [0.82, 0.82]
+
+
+def test_grid_seeds_reveal_a_seed_missing_for_every_model(tmp_path):
+    res = tmp_path / "r"
+    for norm in ("sn", "oni"):
+        for seed in (0, 1):                       # seed 2 of the grid never ran for anyone
+            write(res, make_record(normalizer=norm, seed=seed, grid_seeds=[0, 1, 2]))
+    df = read_csv(build_leaderboard(res)["csv"]).set_index("normalizer")
+    for norm in ("sn", "oni"):
+        assert df.loc[norm, "status"] == "2/3 finished, missing seeds 2"
