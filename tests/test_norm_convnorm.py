@@ -286,3 +286,15 @@ def test_options_are_validated():
         get_normalizer("convnorm", eval_filter="average")
     with pytest.raises(ValueError, match="padding"):
         ConvNorm2d(2, 2, 3, padding=3)
+
+
+@pytest.mark.parametrize("k,stride,padding,mode", [(3, 1, 1, "zeros"), (3, 2, 1, "zeros"), (5, 1, 2, "circular")])
+def test_hand_written_backward_matches_finite_differences(k, stride, padding, mode):
+    # The filtering step has its own backward (V is even, so the operator is
+    # symmetric); check it numerically, with the exact and the running filter.
+    layer = _layer(2, 3, k, stride, padding, padding_mode=mode, ramp_steps=3)
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+    _train_steps(layer, x.detach(), 3, torch.Generator().manual_seed(5))
+    layer.eval()
+    assert torch.autograd.gradcheck(layer, (x,))

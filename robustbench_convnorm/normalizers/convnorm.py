@@ -80,6 +80,30 @@ def kernel_rfft2(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.fft.rfft2(weight, s=(height, width))
 
 
+def _filter(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Circular filtering of y (..., fh, fw) by the real filter v (rfft2 layout)."""
+    fh, fw = y.shape[-2:]
+    return torch.fft.irfft2(torch.fft.rfft2(y, s=(fh, fw)) * v, s=(fh, fw))
+
+
+class _SymmetricFourierFilter(torch.autograd.Function):
+    """``_filter`` with a hand-written backward. V is real and even
+    (V(-w) = V(w): it depends on |a_hat(w)| only), so the circulant operator
+    is symmetric and its adjoint is the same filtering: backward filters the
+    incoming gradient by V. Nothing but V is saved, where autograd through
+    rfft2 would keep the whole full-size conv output alive until backward."""
+
+    @staticmethod
+    def forward(ctx, y, v):
+        ctx.save_for_backward(v)
+        return _filter(y, v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        return _filter(grad, v), None
+
+
 class ConvNorm2d(nn.Module):
     """A conv layer normalized by ConvNorm; drop-in for ``nn.Conv2d``.
 
@@ -259,8 +283,7 @@ class ConvNorm2d(nn.Module):
         fdtype = _fft_dtype(x.dtype)
         v = self._select_filter(x.shape[-2], x.shape[-1], x.dtype)
         with torch.autocast(full.device.type, enabled=False):
-            spectrum = torch.fft.rfft2(full.to(fdtype), s=(fh, fw))
-            filtered = torch.fft.irfft2(spectrum * v.to(fdtype), s=(fh, fw))
+            filtered = _SymmetricFourierFilter.apply(full.to(fdtype), v.to(fdtype))
         if self.padding_mode == "zeros":
             ch, cw = kh - 1 - ph, kw - 1 - pw
             filtered = filtered[..., ch:fh - ch, cw:fw - cw]
