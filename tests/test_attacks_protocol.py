@@ -1,0 +1,206 @@
+"""The evaluation protocol: seeded, recorded examples drawn without
+replacement; SimBA's per-model choice of correctly classified images; the
+per-example table; worst-case accuracy per example; config errors."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from attacks import EvalOutcome, Evaluator, evaluate, get_evaluator, list_evaluators, register_evaluator
+from attacks._perturb import PerturbationEvaluator
+from robustbench_convnorm.registry import RegistryError
+
+QUIET = {"log": lambda s: None}
+
+
+class Tiny(nn.Module):
+    def __init__(self, seed=0, classes=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.lin = nn.Linear(3 * 4 * 4, classes)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(self.lin.weight.shape, generator=g))
+            self.lin.bias.zero_()
+
+    def forward(self, x):
+        return self.lin(x.flatten(1) - 0.5)
+
+
+def _data(n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 4, 4, generator=g) * 255).to(torch.uint8), torch.randint(0, 4, (n,), generator=g)
+
+
+def test_metrics_table_and_details():
+    x, y = _data()
+    cfg = {"n_examples": 30, "batch_size": 16, "seed": 3, "evaluators": [
+        {"type": "clean"}, {"type": "fgsm"}, {"type": "pgd", "steps": 3},
+        {"type": "simba", "n_images": 5, "max_iters": 20}]}
+    r = evaluate(Tiny(), x, y, cfg, device="cpu", **QUIET)
+    for key in ("clean_acc", "fgsm_acc", "pgd3_acc", "worst_case_acc", "simba_maxiters20_success_rate",
+                "simba_maxiters20_avg_queries", "simba_maxiters20_avg_queries_success",
+                "simba_maxiters20_median_queries_success", "simba_maxiters20_mean_l2"):
+        assert key in r.metrics, key
+    t = r.per_example
+    assert isinstance(t, pd.DataFrame)
+    assert {"index", "clean_correct", "fgsm_correct", "pgd3_correct", "simba_maxiters20_queries",
+            "worst_case_correct"} <= set(t.columns)
+    assert t["index"].is_unique and t["index"].is_monotonic_increasing
+    # the white-box columns cover exactly the recorded examples
+    assert sorted(t.loc[t["clean_correct"].notna(), "index"]) == sorted(r.indices.tolist())
+    assert len(r.indices) == 30
+    assert t["simba_maxiters20_queries"].notna().sum() == 5
+    assert r.metrics["clean_acc"] == pytest.approx(100 * t["clean_correct"].dropna().astype(bool).mean())
+    d = r.details["simba_maxiters20"]
+    assert d["kind"] == "blackbox" and d["max_iters"] == 20 and "curve" in d
+    assert r.details["pgd3"]["steps"] == 3 and r.details["pgd3"]["eps"] == pytest.approx(8 / 255)
+    assert r.protocol["seed"] == 3 and r.protocol["n_examples"] == 30
+
+
+def test_examples_are_seeded_without_replacement_and_recorded():
+    x, y = _data()
+    cfg = {"n_examples": 20, "batch_size": 8, "seed": 1, "evaluators": [{"type": "clean"}]}
+    a = evaluate(Tiny(), x, y, cfg, device="cpu", **QUIET)
+    b = evaluate(Tiny(), x, y, cfg, device="cpu", **QUIET)
+    c = evaluate(Tiny(), x, y, dict(cfg, seed=2), device="cpu", **QUIET)
+    assert len(np.unique(a.indices)) == 20
+    np.testing.assert_array_equal(a.indices, b.indices)
+    assert not np.array_equal(a.indices, c.indices)
+    full = evaluate(Tiny(), x, y, dict(cfg, n_examples=None), device="cpu", **QUIET)
+    np.testing.assert_array_equal(full.indices, np.arange(len(x)))
+    # clean accuracy is computed on exactly those examples
+    with torch.no_grad():
+        pred = Tiny()(x.float() / 255).argmax(1)
+    expected = 100 * (pred[a.indices] == y[a.indices]).float().mean().item()
+    assert a.metrics["clean_acc"] == pytest.approx(expected)
+
+
+def test_simba_attacks_correct_examples_chosen_per_model_along_the_seeded_order():
+    x, y = _data(n=80)
+    cfg = {"n_examples": 10, "batch_size": 16, "seed": 0,
+           "evaluators": [{"type": "simba", "n_images": 12, "max_iters": 5}]}
+    picked = {}
+    for seed in (0, 1):
+        model = Tiny(seed)
+        r = evaluate(model, x, y, cfg, device="cpu", **QUIET)
+        chosen = r.per_example.loc[r.per_example["simba_maxiters5_queries"].notna(), "index"].to_numpy()
+        with torch.no_grad():
+            correct = (model(x.float() / 255).argmax(1) == y).numpy()
+        assert len(chosen) == 12 and len(np.unique(chosen)) == 12
+        assert correct[chosen].all()
+        # the first 12 correct ones along the seeded permutation
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).numpy()
+        expected = [i for i in order if correct[i]][:12]
+        assert sorted(chosen) == sorted(expected)
+        assert r.details["simba_maxiters5"]["n_examined"] == list(order).index(expected[-1]) + 1
+        picked[seed] = set(chosen)
+    assert picked[0] != picked[1]
+
+
+class BreaksBelow(Evaluator):
+    """Fake white-box: breaks the examples whose first pixel is below a threshold."""
+
+    kind = "whitebox"
+
+    def __init__(self, *, below=0.0, above=1.0, name=None):
+        super().__init__(name=name)
+        self.below, self.above = below, above
+
+    def run(self, model, x, y, *, generator, batch_size):
+        first = x.flatten(1)[:, 0].cpu().numpy()
+        correct = ~((first < self.below) | (first > self.above))
+        return EvalOutcome(per_example={"correct": correct}, metrics={"acc": 100 * correct.mean()},
+                           info=self.describe())
+
+
+register_evaluator("test_breaks_by_pixel")(BreaksBelow)
+
+
+class EscapesBall(PerturbationEvaluator):
+    kind = "whitebox"
+
+    def __init__(self, *, name=None):
+        super().__init__(name=name)
+        self.eps = 8 / 255
+
+    def perturb(self, model, x, y):
+        return (x + 3 * self.eps).clamp(0, 1)
+
+
+register_evaluator("test_escapes_ball")(EscapesBall)
+
+
+def test_worst_case_accuracy_is_the_mean_of_per_example_survival():
+    x, y = _data(n=50)
+    model = Tiny()
+    with torch.no_grad():
+        y = model(x.float() / 255).argmax(1)            # every example clean-correct
+    cfg = {"n_examples": None, "batch_size": 16, "seed": 0, "evaluators": [
+        {"type": "clean"}, {"type": "test_breaks_by_pixel", "below": 0.3, "name": "low"},
+        {"type": "test_breaks_by_pixel", "above": 0.7, "name": "high"}]}
+    r = evaluate(model, x, y, cfg, device="cpu", **QUIET)
+    first = x.flatten(1)[:, 0].float().numpy() / 255
+    survived = (first >= 0.3) & (first <= 0.7)
+    assert r.metrics["worst_case_acc"] == pytest.approx(100 * survived.mean())
+    assert r.metrics["worst_case_acc"] < min(r.metrics["low_acc"], r.metrics["high_acc"]) - 1
+    np.testing.assert_array_equal(r.per_example["worst_case_correct"].to_numpy(dtype=bool), survived)
+
+
+def test_invalid_adversarial_inputs_become_flags():
+    x, y = _data()
+    cfg = {"n_examples": 16, "batch_size": 8, "evaluators": [{"type": "test_escapes_ball", "name": "bad"}]}
+    r = evaluate(Tiny(), x, y, cfg, device="cpu", **QUIET)
+    assert "bad:outside_eps_ball" in r.flags and "bad:outside_eps_ball" in r.flag_notes
+
+
+def test_runs_are_reproducible_restore_the_mode_and_leave_the_global_rng_alone():
+    x, y = _data()
+    model = Tiny().train()
+    cfg = {"n_examples": 20, "batch_size": 8, "seed": 5,
+           "evaluators": [{"type": "pgd", "steps": 2}, {"type": "simba", "n_images": 4, "max_iters": 10}]}
+    state = torch.random.get_rng_state()
+    a = evaluate(model, x, y, cfg, device="cpu", **QUIET)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert model.training
+    b = evaluate(model, x, y, cfg, device="cpu", **QUIET)
+    assert a.metrics == b.metrics
+    pd.testing.assert_frame_equal(a.per_example, b.per_example)
+
+
+def test_config_errors_are_single_clear_messages():
+    x, y = _data(n=8)
+    with pytest.raises(RegistryError, match="did you mean 'n_examples'"):
+        evaluate(Tiny(), x, y, {"n_example": 4}, device="cpu", **QUIET)
+    with pytest.raises(RegistryError, match="did you mean 'simba'"):
+        evaluate(Tiny(), x, y, {"evaluators": [{"type": "simbaa"}]}, device="cpu", **QUIET)
+    with pytest.raises(RegistryError, match="no option 'stepz'.*did you mean 'step'"):
+        get_evaluator("pgd", stepz=3)
+    with pytest.raises(ValueError, match="share the result name 'pgd10'"):
+        evaluate(Tiny(), x, y, {"evaluators": [{"type": "pgd"}, {"type": "pgd", "step": 2 / 255}]},
+                 device="cpu", **QUIET)
+    with pytest.raises(ValueError, match="8/255"):
+        get_evaluator("fgsm", eps="eight")
+
+
+def test_registry_and_result_names():
+    assert {"clean", "fgsm", "pgd", "simba", "autoattack", "noise"} <= set(list_evaluators())
+    names = {
+        ("clean", ()): "clean",
+        ("fgsm", ()): "fgsm",
+        ("pgd", ()): "pgd10",
+        ("pgd", (("steps", 20),)): "pgd20",
+        ("pgd", (("eps", "16/255"),)): "pgd10_eps16",
+        ("pgd", (("eps", 16 / 255), ("steps", 20), ("restarts", 5))): "pgd20_eps16_restarts5",
+        ("pgd", (("random_start", False),)): "pgd10_randomstart0",
+        ("pgd", (("eps", 0.5),)): "pgd10_eps0p5",
+        ("fgsm", (("eps", "4/255"),)): "fgsm_eps4",
+        ("simba", ()): "simba",
+        ("simba", (("basis", "dct"), ("step", 0.4))): "simba_dct_step0p4",
+        ("simba", (("n_images", 50),)): "simba",
+        ("autoattack", ()): "autoattack",
+        ("pgd", (("name", "mine"),)): "mine",
+    }
+    for (type_, options), expected in names.items():
+        assert get_evaluator(type_, **dict(options)).name == expected
+    assert get_evaluator("pgd", eps="8/255").eps == pytest.approx(8 / 255)
