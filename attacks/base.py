@@ -15,10 +15,11 @@ Result names (see docs/evaluators.md): a base derived from the type and the
 option that identifies the attack (``clean``, ``fgsm``, ``pgd10``, ``simba``,
 ``simba_dct``, ``autoattack``, ``noise``), then ``_<option><value>`` for
 each naming option whose value differs from its default, in the evaluator's
-option order. Option names lose their underscores; numbers measured in pixel
-units (eps, PGD step, SimBA's linf_bound) are written in 255ths when they are a
-whole number of 255ths (``eps16`` = 16/255), other numbers with ``p`` for the
-decimal point (``eps0p5``, ``step0p4``); booleans as 0/1; strings as written.
+option order. Option names lose their underscores; a number with at most three
+significant digits is written in decimal with ``p`` for the point (``eps0p5``,
+``step0p025``); other numbers in pixel units (eps, PGD step, SimBA's
+linf_bound) that are a whole number of 255ths are written in 255ths (``eps16`` =
+16/255); booleans as 0/1; strings as written.
 """
 from __future__ import annotations
 
@@ -189,11 +190,13 @@ def format_value(value: Any, unit: str = "") -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        if unit == "pixel":
-            k = float(value) * 255.0
+        value = float(value)
+        short = f"{value:.3g}"
+        if float(short) != value and unit == "pixel":
+            k = value * 255.0
             if abs(k - round(k)) < 1e-6 and round(k) != 0:
                 return str(int(round(k)))
-        text = f"{float(value):g}"
+        text = short if float(short) == value else f"{value:g}"
         return text.replace(".", "p").replace("-", "m").replace("+", "")
     return re.sub(r"[^A-Za-z0-9]", "", str(value))
 

@@ -220,6 +220,7 @@ def _greater(first: Result, second: Result, tol: float) -> Optional[str]:
 
 
 _PGD_FAMILY = ("step", "random_start", "restarts", "norm")
+_EPS_FAMILY_FREE = ("eps", "eps_text", "step", "step_text")
 
 
 def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = None,
@@ -268,12 +269,14 @@ def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = No
                 if note:
                     out.append((f"{a.name}>{b.name}", note))
 
-    # 3. monotone in eps within a family (same type and every setting but eps)
+    # 3. monotone in eps within a family (same type and every setting but eps and
+    #    the step size, which is usually scaled with eps)
     families: Dict[Tuple, List[Result]] = {}
     for r in white:
         if r.eps is None:
             continue
-        key = (r.type,) + tuple(sorted((k, repr(v)) for k, v in r.settings.items() if k not in ("eps", "eps_text")))
+        key = (r.type,) + tuple(sorted((k, repr(v)) for k, v in r.settings.items()
+                                       if k not in _EPS_FAMILY_FREE))
         families.setdefault(key, []).append(r)
     for members in families.values():
         members = sorted(members, key=lambda r: r.eps)

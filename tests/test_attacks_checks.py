@@ -180,6 +180,14 @@ def test_accuracy_rising_with_eps_is_flagged():
     assert "pgd10_eps16>pgd10" in _flags([CLEAN, small, big])
     big_ok = _pgd("pgd10_eps16", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], eps=16 / 255)
     assert _flags([CLEAN, small, big_ok]) == []
+    # the step size may grow with eps; FGSM's step is its eps
+    big.settings["step"] = 4 / 255
+    assert "pgd10_eps16>pgd10" in _flags([CLEAN, small, big])
+    f8 = _fgsm([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    f16 = _result("fgsm_eps16", "fgsm", "whitebox", [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+                  settings={"eps": 16 / 255, "step": 16 / 255, "norm": "Linf"})
+    f8.settings["step"] = EPS
+    assert "fgsm_eps16>fgsm" in _flags([CLEAN, f8, f16])
 
 
 def test_accuracy_above_chance_at_a_huge_eps_is_flagged():

@@ -204,6 +204,8 @@ def test_registry_and_result_names():
         ("pgd", (("eps", 16 / 255), ("steps", 20), ("restarts", 5))): "pgd20_eps16_restarts5",
         ("pgd", (("random_start", False),)): "pgd10_randomstart0",
         ("pgd", (("eps", 0.5),)): "pgd10_eps0p5",
+        ("pgd", (("eps", 0.2), ("step", 0.025))): "pgd10_eps0p2_step0p025",
+        ("pgd", (("step", "1/255"),)): "pgd10_step1",
         ("fgsm", (("eps", "4/255"),)): "fgsm_eps4",
         ("simba", ()): "simba",
         ("simba", (("basis", "dct"), ("step", 0.4))): "simba_dct_step0p4",
