@@ -239,12 +239,20 @@ def draw_seed(generator: torch.Generator) -> int:
 @contextlib.contextmanager
 def seeded_global_rng(seed: int, device: torch.device):
     """Run library code that uses torch's global RNG (torchattacks' random
-    starts) reproducibly, and leave the caller's global RNG state untouched."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    starts) reproducibly, and leave the caller's global RNG state untouched:
+    the CPU generator and, on CUDA, the generator of ``device`` are seeded
+    inside ``torch.random.fork_rng``, which restores both afterwards."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index]):
+            torch.random.default_generator.manual_seed(seed)
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+            yield
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            yield
 
 
 def batches(n: int, batch_size: int):

@@ -1,6 +1,9 @@
 """The evaluation protocol: seeded, recorded examples drawn without
 replacement; SimBA's per-model choice of correctly classified images; the
 per-example table; worst-case accuracy per example; config errors."""
+import io
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,6 +69,10 @@ def test_metrics_table_and_details():
     assert d["kind"] == "blackbox" and d["max_iters"] == 20 and "curve" in d
     assert r.details["pgd3"]["steps"] == 3 and r.details["pgd3"]["eps"] == pytest.approx(8 / 255)
     assert r.protocol["seed"] == 3 and r.protocol["n_examples"] == 30
+    # plain data for the run's record.json and per_example.csv
+    json.dumps({"metrics": r.metrics, "evaluations": r.details, "flags": r.flags}, allow_nan=False)
+    back = pd.read_csv(io.StringIO(t.to_csv(index=False)))
+    assert list(back.columns) == list(t.columns) and len(back) == len(t)
 
 
 def test_examples_are_seeded_without_replacement_and_recorded():
