@@ -12,15 +12,6 @@ from attacks import get_evaluator
 from attacks.simba import dct_matrix, simba_attack, success_curve, summarize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and it avoids stalls on a
-    second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 SHAPE = (3, 4, 4)
 D = 3 * 4 * 4
 

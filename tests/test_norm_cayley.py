@@ -13,16 +13,6 @@ from robustbench_convnorm.normalizers import cayley as cayley_module
 from robustbench_convnorm.normalizers.cayley import CayleyConv2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it avoids
-    stalls of a second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _layer(c_in, c_out, k, stride=1):
     return get_normalizer("cayley").conv(c_in, c_out, k, stride=stride, padding=(k - 1) // 2).double().eval()
 

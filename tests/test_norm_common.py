@@ -18,16 +18,6 @@ from robustbench_convnorm.normalizers import (NORMALIZERS, Normalizer, get_norma
 from robustbench_convnorm.registry import RegistryError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it avoids
-    stalls of a second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------- a user's normalizer
 @register_normalizer("test_ext_weight_standardized")
 class WeightStandardized(Normalizer):

@@ -15,16 +15,6 @@ from robustbench_convnorm.normalizers import get_normalizer
 from robustbench_convnorm.normalizers.convnorm import ConvNorm2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it avoids
-    stalls of a second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _layer(c_in, c_out, k, stride=1, padding=None, **options):
     padding = (k - 1) // 2 if padding is None else padding
     options.setdefault("affine", False)

@@ -62,7 +62,8 @@ def comparable(rec):
 
 def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "robustbench_convnorm.run", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          timeout=600)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
