@@ -211,11 +211,31 @@ def _acc_on_common(a: Result, b: Result) -> Tuple[float, float, int]:
     return (100.0 * a.per_example["correct"][ia].mean(), 100.0 * b.per_example["correct"][ib].mean(), len(ia))
 
 
+#: z-score a paired excess must pass before a comparison between two attacks
+#: is flagged: both attacks are random (random starts), so on n examples their
+#: accuracies differ by a few examples by chance alone.
+COMPARISON_Z = 2.0
+
+
 def _greater(first: Result, second: Result, tol: float) -> Optional[str]:
-    """A note when first's accuracy exceeds second's on their common examples."""
-    acc_a, acc_b, n = _acc_on_common(first, second)
-    if n and acc_a > acc_b + tol:
-        return f"{first.name} {acc_a:.2f}% > {second.name} {acc_b:.2f}% on {n} common examples"
+    """A note when ``first`` (expected at most as accurate) leaves significantly
+    more examples correct than ``second``, on their common examples.
+
+    Paired (McNemar) test: with ``only_first`` the examples first leaves correct
+    and second breaks, and ``only_second`` the reverse, flag when
+    ``only_first - only_second > max(tol examples, z * sqrt(only_first + only_second))``.
+    A stronger attack that loses by one or two examples to random-start noise
+    is not flagged; a systematic deficit is."""
+    ia, ib = _common(first, second)
+    if not len(ia):
+        return None
+    a = np.asarray(first.per_example["correct"][ia], dtype=bool)
+    b = np.asarray(second.per_example["correct"][ib], dtype=bool)
+    only_first, only_second = int((a & ~b).sum()), int((~a & b).sum())
+    excess = only_first - only_second
+    if excess > 0 and excess > max(tol / 100.0 * len(ia), COMPARISON_Z * float(np.sqrt(only_first + only_second))):
+        return (f"{first.name} {100.0 * a.mean():.2f}% > {second.name} {100.0 * b.mean():.2f}% on {len(ia)} "
+                f"common examples ({only_first} survive only {first.name}, {only_second} only {second.name})")
     return None
 
 
