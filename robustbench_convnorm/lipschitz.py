@@ -611,7 +611,7 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
                       "channel_cond": "mean over output channels"},
          "layers": [                       # model order
            {"name": str, "role": str, "type": class name,
-            "shape": [C_out, C_in, h, w] | None,   # of the module's `weight` if 4-D
+            "shape": [C_out, C_in, h, w] | None,   # of the module's `weight`, if it has one
             "stride": [sh, sw] | None, "padding": [ph, pw] | str | None,
             "in_size": [H, W], "out_size": [H_out, W_out],
             "spectral_norm": float,          # power iteration on the actual layer (eval mode)
@@ -632,7 +632,9 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
     exact <= ... hold for the layer (exact: its circular version); "weight"
     when the layer is more than its weight (ConvNorm, Cayley), the columns
     then describe the raw kernel only, and ``exact_circular`` is left out;
-    None when the module has no 4-D ``weight``.
+    None (and no weight columns) when the module has no 4-D ``weight`` whose
+    input channels match the layer's input (Cayley's strided layers hold a
+    space-to-depth kernel).
     """
     device, _ = _layer_device_dtype(model)
     gen = torch.Generator(device=device)
@@ -650,12 +652,15 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
         padding = getattr(module, "padding", None)
         with _EvalMode(module), torch.no_grad():
             weight = getattr(module, "weight", None)
-        has_weight = isinstance(weight, torch.Tensor) and weight.dim() == 4
+        # a weight-based column needs a conv kernel of this layer's geometry
+        # (not, e.g., Cayley's parameter after its space-to-depth stride)
+        has_weight = (isinstance(weight, torch.Tensor) and weight.dim() == 4
+                      and int(weight.shape[1]) * int(getattr(module, "groups", 1)) == int(c_in))
         row: Dict[str, Any] = {
             "name": name,
             "role": module.conv_role,
             "type": type(module).__name__,
-            "shape": [int(s) for s in weight.shape] if has_weight else None,
+            "shape": [int(s) for s in weight.shape] if isinstance(weight, torch.Tensor) else None,
             "stride": list(stride) if stride is not None else None,
             "padding": _as_list(padding),
             "in_size": [int(H), int(W)],
@@ -876,6 +881,17 @@ def _find_key(obj, keys) -> Any:
     return None
 
 
+def _input_shape_from_checkpoint(path) -> Tuple[Optional[List[int]], str]:
+    """(C, H, W) from the checkpoint's ``model_meta`` (in_channels, image_size)."""
+    try:
+        from robustbench_convnorm.checkpoints import load_checkpoint
+        meta = load_checkpoint(path).get("model_meta") or {}
+        shape = [int(meta["in_channels"])] + [int(v) for v in meta["image_size"]]
+        return (shape, "from the checkpoint") if len(shape) == 3 else (None, "")
+    except Exception:  # noqa: BLE001 - fall back to guessing
+        return None, ""
+
+
 def _guess_input_shape(model: nn.Module, run_config: Optional[dict]) -> Tuple[List[int], str]:
     shape = _find_key(run_config or {}, ("input_shape", "image_shape"))
     if shape is not None and len(shape) == 3:
@@ -918,7 +934,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.input_shape:
         shape, how = list(args.input_shape), "from --input-shape"
     else:
-        shape, how = _guess_input_shape(model, run_config)
+        shape, how = _input_shape_from_checkpoint(args.checkpoint)
+        if shape is None:
+            shape, how = _guess_input_shape(model, run_config)
     report = model_report(model, shape, power_iters=args.power_iters, tn_restarts=args.tn_restarts,
                           exact=not args.no_exact)
     print(f"# Lipschitz report: {args.checkpoint} (input shape {shape}, {how})\n")

@@ -3,6 +3,7 @@ checked against the dense SVD of explicit operator matrices (tests/operators.py)
 and against the facts of shared REFERENCE.md section 3."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -382,3 +383,52 @@ def test_plot_layer_norms_writes_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = lip.plot_layer_norms({"vanilla": report, "sn": report}, tmp_path / "sub" / "two.png")
     assert path.stat().st_size > 1000
+
+
+# ------------------------------------------------- every registered normalizer
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", sorted(__import__("robustbench_convnorm.normalizers", fromlist=["x"]).list_normalizers()))
+def test_power_iteration_on_every_normalizer_layer_matches_its_dense_operator(name, stride):
+    """The power column is the norm of the layer's actual operator: ConvNorm's
+    filter, Cayley's Q, SN's and ONI's normalized weights included."""
+    torch.manual_seed(0)
+    layer = get_normalizer(name).conv(3, 4, 3, stride=stride, padding=1)
+    layer.train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics, where a layer keeps them
+            layer(torch.randn(4, 3, 8, 8))
+    layer.eval()
+    with torch.no_grad():
+        zero = layer(torch.zeros(1, 3, 8, 8))
+        dense = explicit_operator(lambda x: layer(x) - zero, (3, 8, 8), dtype=torch.float32)
+    want = float(singular_values(dense)[0])
+    assert lip.layer_spectral_norm(layer, (3, 8, 8), n_iter=2000, tol=1e-9) == pytest.approx(want, rel=2e-4)
+
+
+# ------------------------------------------------------------------------ CLI
+
+def test_cli_prints_the_table_of_a_saved_model(tmp_path, capsys):
+    checkpoints = pytest.importorskip("robustbench_convnorm.checkpoints")
+    if not hasattr(checkpoints, "load_model"):
+        pytest.skip("robustbench_convnorm.checkpoints.load_model is not there yet")
+    from robustbench_convnorm.builders import build_run_model
+    from robustbench_convnorm.config import config_from_dict, expand_grid, load_raw, to_dict
+
+    raw = load_raw(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    raw["normalizers"] = [{"name": "tn"}]
+    raw["model"]["width"] = 0.25
+    cfg = expand_grid(config_from_dict(raw))[0].config
+    meta = {"num_classes": 10, "in_channels": 1, "image_size": [8, 8], "mean": [0.3], "std": [0.3]}
+    model = build_run_model(cfg, meta)
+    path = tmp_path / "checkpoint.pt"
+    # the layout training/loop.py writes (only the keys load_model reads)
+    checkpoints.save_atomic({"model": model.state_dict(), "run_config": to_dict(cfg), "model_meta": meta}, path)
+    out_json, out_png = tmp_path / "lip.json", tmp_path / "lip.png"
+    assert lip.main([str(path), "--power-iters", "50", "--json", str(out_json), "--plot", str(out_png)]) == 0
+    text = capsys.readouterr().out
+    assert "input shape [1, 8, 8], from the checkpoint" in text
+    assert "layer3.shortcut.0" in text and "lip_product_log10" in text
+    report = json.loads(out_json.read_text())
+    assert len(report["layers"]) == 9 and report["input_shape"] == [1, 8, 8]
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
