@@ -134,7 +134,7 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
                                  "epochs_done": result.epochs_done}
             if result.status != "finished":
                 return finish(result.status, result.error)
-        evaluate_into(record, model, data, spec, device, log)
+        evaluate_into(record, model, data, spec, device, log, run_dir)
         per_example = record.pop("_per_example")
         if per_example is not None:
             tmp = run_dir / (PER_EXAMPLE + ".tmp")
@@ -153,7 +153,7 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
                                  "traceback": traceback.format_exc(limit=8)})
 
 
-def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log) -> None:
+def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir: Path) -> None:
     """Attacks, sanity checks and Lipschitz diagnostics into the record."""
     from attacks.protocol import evaluate
 
@@ -169,12 +169,13 @@ def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log) -> None
     record["timings"]["eval_seconds"] = time.perf_counter() - t0
     record["_per_example"] = report.per_example
     if cfg.eval.lipschitz:
-        from .lipschitz import model_report
+        from .lipschitz import model_report, plot_layer_norms
 
         t0 = time.perf_counter()
         try:
             lip = model_report(model, tuple(data.image_shape))
             record["lipschitz"] = lip
+            plot_layer_norms(lip, run_dir / "layer_norms.png", title=spec.run_id)
             for key in ("lip_product_log10", "mean_layer_spectral_norm"):
                 if key in lip:
                     record["metrics"][key] = lip[key]
