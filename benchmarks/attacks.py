@@ -28,7 +28,6 @@ import argparse
 import csv
 import datetime as _dt
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -38,25 +37,14 @@ from typing import Callable, Dict, List
 
 import torch
 
+from benchmarks.common import device_description
+
 from attacks import get_evaluator
 from attacks.simba import simba_attack
 from robustbench_convnorm.models import build_model
 from robustbench_convnorm.normalizers import get_normalizer
 
 OUT = Path(__file__).resolve().parent / "out" / "attacks.csv"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"CPU {line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
-    except OSError:
-        pass
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def sync(device: torch.device):
@@ -142,7 +130,7 @@ def main(argv=None):
 
     speedup = rows[0]["median"] / rows[1]["median"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    meta = {"device": device_name(device), "torch": torch.__version__, "batch": batch,
+    meta = {"device": device_description(device), "torch": torch.__version__, "batch": batch,
             "threads": torch.get_num_threads(), "load_avg_1min": round(load, 2),
             "model": f"convnet width {args.width:g} (vanilla + BN), 3x32x32, 10 classes",
             "command": "python -m benchmarks.attacks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),

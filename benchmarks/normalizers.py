@@ -35,7 +35,6 @@ import csv
 import datetime as _dt
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -49,22 +48,13 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import device_description
+
 from robustbench_convnorm.models import build_model
 from robustbench_convnorm.normalizers import NORMALIZERS, get_normalizer, list_normalizers
 
 OUT = Path(__file__).resolve().parent / "out" / "normalizers.csv"
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
 
 
 def builtin_normalizers() -> List[str]:
@@ -257,7 +247,7 @@ def main(argv=None) -> int:
         mem_method = "peak RSS growth during a first step, fresh subprocess (" + ", ".join(
             sorted({v["method"] for v in found.values()})) + ")"
 
-    device_name = torch.cuda.get_device_name(device) if on_cuda else cpu_name()
+    device_name = device_description(device)
     load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     command = "python -m benchmarks.normalizers " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     dtype = "bf16 autocast" if amp else "float32"

@@ -9,16 +9,6 @@ from attacks import EvalOutcome, Evaluator, evaluate, register_evaluator
 from attacks.checks import Result, StateChangedError, comparison_flags, probe_model, worst_case_correct
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and it avoids stalls on a
-    second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class GoodModel(nn.Module):
     def __init__(self, classes=4, seed=0):
         super().__init__()

@@ -15,15 +15,6 @@ from attacks._perturb import PerturbationEvaluator
 from robustbench_convnorm.registry import RegistryError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and it avoids stalls on a
-    second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 QUIET = {"log": lambda s: None}
 
 

@@ -1,5 +1,4 @@
 import pytest
-import yaml
 
 from robustbench_convnorm.config import (ConfigError, config_from_dict, expand_grid, load_config,
                                          parse_number, parse_set)

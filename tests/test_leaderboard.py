@@ -1,5 +1,4 @@
 """Leaderboard tables and plots from hand-made records (schema: docs/ARCHITECTURE.md)."""
-import copy
 import json
 import math
 import statistics

@@ -11,16 +11,6 @@ from robustbench_convnorm.normalizers.ocnn import OCNNConv2d, orthogonality_pena
 from robustbench_convnorm.registry import RegistryError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it avoids
-    stalls of a second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _circular_strided_conv(kernel, stride, n):
     k = kernel.shape[-1]
     p = (k - 1) // 2

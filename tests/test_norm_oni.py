@@ -1,19 +1,8 @@
 """ONI against a closed form: W = g * (Zc Zc^T + eps I)^-1/2 Zc (row form) or
 g * Zc (Zc^T Zc + eps I)^-1/2 (column form), from an eigendecomposition."""
-import pytest
 import torch
 
 from robustbench_convnorm.normalizers import get_normalizer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it avoids
-    stalls of a second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _inv_sqrt(s):

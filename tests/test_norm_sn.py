@@ -1,20 +1,9 @@
 """Spectral normalization: the flattened weight's top singular value (dense
 SVD) and the power-iteration state."""
-import pytest
 import torch
 
 from operators import explicit_operator, singular_values
 from robustbench_convnorm.normalizers import get_normalizer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is as fast, and it avoids
-    stalls of a second thread's barriers when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _flat(weight):

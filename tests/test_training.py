@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_convnorm.config import TrainConfig, config_from_dict, expand_grid
-from robustbench_convnorm.data import load_source
 from robustbench_convnorm.normalizers import get_normalizer
 from robustbench_convnorm.training.loop import autocast_for, make_optimizer, train_run
 from robustbench_convnorm.training.methods import METHODS

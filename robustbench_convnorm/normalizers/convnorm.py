@@ -31,7 +31,7 @@ training forward passes (a saved buffer, so it survives checkpoints).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
