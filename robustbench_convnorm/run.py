@@ -132,6 +132,9 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
             record["timings"] = {"train_seconds": result.train_seconds,
                                  "train_seconds_per_epoch": result.seconds_per_epoch,
                                  "epochs_done": result.epochs_done}
+            if result.status == "interrupted":  # Ctrl-C: record it, then stop the whole grid
+                finish(result.status, result.error)
+                raise KeyboardInterrupt
             if result.status != "finished":
                 return finish(result.status, result.error)
         evaluate_into(record, model, data, spec, device, log, run_dir)
@@ -142,7 +145,8 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
             tmp.replace(run_dir / PER_EXAMPLE)
         return finish("finished")
     except KeyboardInterrupt:
-        finish("interrupted", {"epoch": None, "reason": "interrupted (Ctrl-C)"})
+        if record["status"] != "interrupted":
+            finish("interrupted", {"epoch": None, "reason": "interrupted (Ctrl-C)"})
         raise
     except (DataError, ConfigError, RegistryError) as err:
         log(f"[failed] {spec.run_id}: {err}")

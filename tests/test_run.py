@@ -181,3 +181,37 @@ def test_quickstart_end_to_end(tmp_path):
     for name in ("leaderboard.csv", "leaderboard_runs.csv", "leaderboard.md"):
         assert (out / name).exists()
     assert list(out.glob("*.png"))
+
+
+@register_normalizer("test_ctrl_c")
+class CtrlC(Normalizer):
+    """Raises KeyboardInterrupt in its 5th training forward (epoch 2 here), like Ctrl-C."""
+
+    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        return _CtrlCConv(in_channels, out_channels, kernel_size, stride, padding)
+
+
+class _CtrlCConv(nn.Conv2d):
+    def __init__(self, *args):
+        super().__init__(*args, bias=False)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += self.training
+        if self.calls == 5 and self.conv_role == "stem":
+            raise KeyboardInterrupt
+        return super().forward(x)
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
+    cfg = write_config(tmp_path, "ctrlc", normalizers=[{"name": "test_ctrl_c"}, {"name": "vanilla"}],
+                       train__epochs=2, train__replays=1)
+    assert run.main([str(cfg)]) == 130                          # the grid stops: vanilla never starts
+    recs = records(tmp_path / "ctrlc")
+    (rec,) = recs.values()
+    assert rec["status"] == "interrupted" and rec["error"]["epoch"] == 2
+    ckpt = load_checkpoint(next((tmp_path / "ctrlc").glob("runs/*/checkpoint.pt")))
+    assert ckpt["epoch"] == 1 and not ckpt["finished"]           # the last epoch's checkpoint is kept
+    assert not list((tmp_path / "ctrlc").rglob("*.tmp"))         # nothing half-written
+    assert run.main([str(cfg)]) == 0                             # a rerun resumes and finishes the grid
+    assert all(r["status"] == "finished" for r in records(tmp_path / "ctrlc").values())
