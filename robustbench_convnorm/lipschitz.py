@@ -102,7 +102,8 @@ def _kernel_dft(weight: torch.Tensor, grid: Tuple[int, int], rows: Optional[slic
         eh = eh[rows]
     if cols is not None:
         ew = ew[cols]
-    return torch.einsum("oipq,fp,gq->oifg", w, eh, ew)
+    # (for the small kernels of conv layers two matrix products beat a padded FFT)
+    return torch.matmul(eh, torch.matmul(w, ew.T))
 
 
 #: Complex entries per block of frequency matrices (bounds the memory of the
@@ -291,15 +292,22 @@ def hopm_starts(shape: Sequence[int], *, restarts: int = 3, fourier: bool = True
 
 
 def tensor_spectral_norm(tensor: torch.Tensor, *, n_iter: int = 100, restarts: int = 3, fourier_starts: bool = True,
-                         tol: float = 1e-8, generator: Optional[torch.Generator] = None
-                         ) -> Tuple[float, List[torch.Tensor]]:
+                         tol: float = 1e-8, probe_iters: int = 20, keep: int = 2,
+                         generator: Optional[torch.Generator] = None) -> Tuple[float, List[torch.Tensor]]:
     """``||T||_sigma`` (complex) of a real 4-way tensor: HOPM from every start
     of ``hopm_starts`` (run side by side), the largest value kept. HOPM finds
     local maxima, so this is a lower estimate of the true maximum that the
-    starts tighten. Returns the value and the best start's four vectors."""
+    starts tighten. After ``probe_iters`` sweeps only the ``keep`` best starts
+    go on to ``n_iter`` sweeps (``probe_iters=0``: all of them). Returns the
+    value and the best start's four vectors."""
     starts = hopm_starts(tensor.shape, restarts=restarts, fourier=fourier_starts, dtype=tensor.dtype,
                          device=tensor.device, generator=generator)
-    sigma, vecs = hopm_batch(tensor, starts, n_iter=n_iter, tol=tol)
+    if 0 < probe_iters < n_iter and keep < starts[0].shape[0]:
+        sigma, vecs = hopm_batch(tensor, starts, n_iter=probe_iters, tol=tol)
+        top = torch.argsort(sigma, descending=True)[: max(1, keep)].to(vecs[0].device)
+        sigma, vecs = hopm_batch(tensor, [v[top] for v in vecs], n_iter=n_iter - probe_iters, tol=tol)
+    else:
+        sigma, vecs = hopm_batch(tensor, starts, n_iter=n_iter, tol=tol)
     best = int(torch.argmax(sigma))
     return float(sigma[best]), [v[best] for v in vecs]
 
@@ -382,15 +390,16 @@ def all_bounds(weight: torch.Tensor, stride: IntPair = 1, input_size: Optional[I
                generator: Optional[torch.Generator] = None, tn_iters: int = 100,
                tn_restarts: int = 3) -> Dict[str, Optional[float]]:
     """{"exact_circular", "tn_bound", "f4_bound", "flat_bound"} of one kernel
-    (exact only when ``input_size`` is given and divisible by the stride)."""
+    (exact only when ``input_size`` is given and divisible by the stride; TN
+    in the kernel's own precision, the others in float64)."""
     out: Dict[str, Optional[float]] = {"exact_circular": None}
     if input_size is not None:
         H, W = _pair(input_size)
         sh, sw = _pair(stride)
         if H % sh == 0 and W % sw == 0:
             out["exact_circular"] = circular_spectral_norm(weight, (H, W), stride)
-    out["tn_bound"] = float(tn_bound(weight.detach().to(torch.float64), stride, n_iter=tn_iters,
-                                     restarts=tn_restarts, generator=generator))
+    out["tn_bound"] = float(tn_bound(weight.detach(), stride, n_iter=tn_iters, restarts=tn_restarts,
+                                     generator=generator))
     out["f4_bound"] = float(f4_bound(weight, stride))
     out["flat_bound"] = flat_bound(weight, stride)
     return out
@@ -505,19 +514,30 @@ def _cond_from_power(power: torch.Tensor) -> torch.Tensor:
     return torch.where(pmax > 0, cond, torch.full_like(cond, float("nan")))
 
 
-def weight_channel_spectrum(weight: torch.Tensor, input_size: IntPair) -> torch.Tensor:
-    """(C_out, H, W): for output channel k and frequency w, the squared
-    singular value ``sum_j |a_kj(w)|^2`` of channel k's operator (stride 1,
-    circular, FFT size = the input size)."""
-    spec = _kernel_dft(weight, _pair(input_size))
-    return (spec.abs() ** 2).sum(dim=1)
+def weight_channel_spectrum(weight: torch.Tensor, input_size: IntPair, stride: IntPair = 1) -> torch.Tensor:
+    """(C_out, H/s, W/s): for output channel k and frequency w, the squared
+    singular value ``sum_j |a_kj(w)|^2`` of channel k's circular operator
+    (FFT size = the input size; with a stride, the polyphase kernel K' on
+    the (H/s, W/s) grid, i.e. the eigenvalues of A_k A_k^T)."""
+    (H, W), (sh, sw) = _check_divisible(input_size, stride)
+    k = reshape_strided_kernel(weight.detach(), (sh, sw))
+    grid = (H // sh, W // sw)
+    out = []
+    for rows in _frequency_blocks(k.shape, grid, half=False)[0]:
+        spec = _kernel_dft(k, grid, rows)
+        out.append((spec.real ** 2 + spec.imag ** 2).sum(dim=1))
+    return torch.cat(out, dim=1)
 
 
-def weight_channel_condition(weight: torch.Tensor, input_size: IntPair) -> torch.Tensor:
+def weight_channel_condition(weight: torch.Tensor, input_size: IntPair, stride: IntPair = 1) -> torch.Tensor:
     """Per output channel: max over frequencies / min over frequencies of
-    ``sqrt(sum_j |a_kj(w)|^2)`` (ConvNorm paper, Figure 2). 1 = an isometric
-    (tight-frame) channel."""
-    return _cond_from_power(weight_channel_spectrum(weight, input_size))
+    ``sqrt(sum_j |a_kj(w)|^2)`` (ConvNorm paper, Figure 2, which uses stride
+    1). 1 = an isometric (tight-frame) channel."""
+    return _cond_from_power(weight_channel_spectrum(weight, input_size, stride))
+
+
+#: Input elements per batch of impulse probes (bounds the probing memory).
+_PROBE_BLOCK = 1 << 24
 
 
 def layer_channel_spectrum(layer: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
@@ -536,20 +556,26 @@ def layer_channel_spectrum(layer: nn.Module, input_shape: Sequence[int]) -> torc
         x = torch.zeros((1, C, H, W), device=device, dtype=dtype)
         with torch.no_grad():
             c_out, ho, wo = layer(x).shape[1:]
-        xb = torch.zeros((c_out, C, H, W), device=device, dtype=dtype, requires_grad=True)
-        with torch.enable_grad():
-            y = layer(xb)
-            cot = torch.zeros_like(y)
-            idx = torch.arange(c_out, device=device)
-            cot[idx, idx, ho // 2, wo // 2] = 1
-            (g,) = torch.autograd.grad(y, xb, grad_outputs=cot)
-    g = g.detach().to(torch.float64)
-    sh, sw = max(1, round(H / ho)), max(1, round(W / wo))
-    if H % sh == 0 and W % sw == 0 and (sh > 1 or sw > 1):
-        g = g.reshape(c_out, C, H // sh, sh, W // sw, sw).permute(0, 1, 3, 5, 2, 4)
-        g = g.reshape(c_out, C * sh * sw, H // sh, W // sw)
-    spec = torch.fft.fft2(g)
-    return (spec.abs() ** 2).sum(dim=1)
+        sh, sw = max(1, round(H / ho)), max(1, round(W / wo))
+        polyphase = H % sh == 0 and W % sw == 0 and (sh > 1 or sw > 1)
+        # channels in chunks: each needs one input copy in the batch
+        chunk = max(1, min(c_out, _PROBE_BLOCK // max(1, C * H * W)))
+        powers = []
+        for start in range(0, c_out, chunk):
+            ks = torch.arange(start, min(start + chunk, c_out), device=device)
+            xb = torch.zeros((len(ks), C, H, W), device=device, dtype=dtype, requires_grad=True)
+            with torch.enable_grad():
+                y = layer(xb)
+                cot = torch.zeros_like(y)
+                cot[torch.arange(len(ks), device=device), ks, ho // 2, wo // 2] = 1
+                (g,) = torch.autograd.grad(y, xb, grad_outputs=cot)
+            g = g.detach().to(torch.float64)
+            if polyphase:
+                g = g.reshape(len(ks), C, H // sh, sh, W // sw, sw).permute(0, 1, 3, 5, 2, 4)
+                g = g.reshape(len(ks), C * sh * sw, H // sh, W // sw)
+            spec = torch.fft.fft2(g)
+            powers.append((spec.real ** 2 + spec.imag ** 2).sum(dim=1))
+    return torch.cat(powers)
 
 
 def layer_channel_condition(layer: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
@@ -669,6 +695,7 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
         row["spectral_norm"] = layer_spectral_norm(module, in_shape, n_iter=power_iters, tol=power_tol, generator=gen)
         row.update({"exact_circular": None, "tn_bound": None, "f4_bound": None, "flat_bound": None,
                     "bounds_of": None})
+        is_op = False
         if has_weight:
             is_op = weight_is_operator(module, in_shape)
             b = all_bounds(weight.detach(), stride or 1, (H, W) if (exact and is_op) else None,
@@ -676,12 +703,18 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
                            tn_iters=tn_iters, tn_restarts=tn_restarts)
             row.update(b)
             row["bounds_of"] = "layer" if is_op else "weight"
-        cond = layer_channel_condition(module, in_shape)
+        sh, sw = stride or (1, 1)
+        if is_op and H % sh == 0 and W % sw == 0:
+            # the layer is conv(weight): the same spectrum, from the kernel (cheaper than probing)
+            cond = weight_channel_condition(weight.detach(), (H, W), (sh, sw))
+        else:
+            cond = layer_channel_condition(module, in_shape)
         row["channel_cond"] = _finite(float(cond.nanmean())) if cond.numel() else None
         row["channel_cond_max"] = _finite(float(cond[~cond.isnan()].max())) if (~cond.isnan()).any() else None
         row["channel_cond_weight"] = None
         if has_weight:
-            cw = weight_channel_condition(weight.detach(), (H, W))
+            same = is_op and (sh, sw) == (1, 1)  # then it is the column just computed
+            cw = cond if same else weight_channel_condition(weight.detach(), (H, W))
             row["channel_cond_weight"] = _finite(float(cw.nanmean()))
         rows.append(row)
     norms = [r["spectral_norm"] for r in rows]

@@ -264,14 +264,22 @@ def test_layer_channel_condition_equals_dense_per_channel_svd(stride):
     for k in range(4):
         sv = singular_values(matrix[k * m:(k + 1) * m])
         assert float(cond[k]) == pytest.approx(float(sv[0] / sv[-1]), rel=1e-8)
-    if stride == 1:  # the paper's weight definition agrees at stride 1
-        torch.testing.assert_close(cond, lip.weight_channel_condition(conv.weight, n), rtol=1e-9, atol=0)
+    # the kernel-based computation (polyphase at stride 2) agrees
+    torch.testing.assert_close(cond, lip.weight_channel_condition(conv.weight, n, stride), rtol=1e-9, atol=0)
 
 
-def test_layer_channel_condition_on_zero_padded_conv_matches_weight_definition():
-    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False).to(DT)
+def test_layer_channel_spectrum_in_chunks_equals_one_batch(monkeypatch):
+    conv = nn.Conv2d(3, 5, 3, padding=1, stride=2, bias=False).to(DT)
+    whole = lip.layer_channel_spectrum(conv, (3, 8, 8))
+    monkeypatch.setattr(lip, "_PROBE_BLOCK", 2 * 3 * 8 * 8)  # two channels per batch
+    torch.testing.assert_close(lip.layer_channel_spectrum(conv, (3, 8, 8)), whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, 0)])
+def test_layer_channel_condition_on_zero_padded_conv_matches_weight_definition(stride, padding):
+    conv = nn.Conv2d(3, 5, 3, padding=padding, stride=stride, bias=False).to(DT)
     torch.testing.assert_close(lip.layer_channel_condition(conv, (3, 10, 10)),
-                               lip.weight_channel_condition(conv.weight, 10), rtol=1e-9, atol=0)
+                               lip.weight_channel_condition(conv.weight, 10, stride), rtol=1e-9, atol=0)
 
 
 # ------------------------------------------------------------ model reports
