@@ -889,6 +889,14 @@ def table9(records: Iterable[Dict[str, Any]], *, key: str = "channel_cond", base
     return rows
 
 
+def load_records(results_dir) -> List[Dict[str, Any]]:
+    """Every ``runs/*/record.json`` under a results directory (or the
+    directory's own ``*/record.json`` when it is a ``runs`` folder)."""
+    root = Path(results_dir)
+    paths = sorted(root.glob("runs/*/record.json")) or sorted(root.glob("*/record.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
 def format_table9(rows: List[Dict[str, Any]]) -> str:
     lines = ["| dataset | arch | train | normalizer | mean improvement | std | runs |",
              "|---|---|---|---|---|---|---|"]
@@ -947,7 +955,11 @@ def _guess_input_shape(model: nn.Module, run_config: Optional[dict]) -> Tuple[Li
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m robustbench_convnorm.lipschitz",
                                      description="Print the per-layer spectral norms and bounds of a saved model.")
-    parser.add_argument("checkpoint", help="a checkpoint written by the harness (checkpoint.pt)")
+    parser.add_argument("checkpoint", help="a checkpoint written by the harness (checkpoint.pt); with "
+                        "--table9, a results directory (its runs/*/record.json)")
+    parser.add_argument("--table9", action="store_true",
+                        help="print the condition-number improvement over vanilla ([CN] Table 9) of a results directory")
+    parser.add_argument("--table9-mode", choices=("difference", "log_ratio"), default="difference")
     parser.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
                         help="input shape (default: from the run config, else C from the model and 32x32)")
     parser.add_argument("--power-iters", type=int, default=100)
@@ -957,6 +969,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also write the per-layer spectral norm plot (PNG)")
     args = parser.parse_args(argv)
+    if args.table9:
+        records = load_records(args.checkpoint)
+        rows = table9(records, mode=args.table9_mode)
+        print(f"# Mean improvement of the channel-wise condition number over vanilla ({args.table9_mode}), "
+              f"{len(records)} records in {args.checkpoint}\n")
+        print(format_table9(rows) if rows else "(no finished runs with Lipschitz data and a vanilla baseline)")
+        return 0
     try:
         from robustbench_convnorm.checkpoints import load_model  # lazily: written by another part
     except ImportError as exc:

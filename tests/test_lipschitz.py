@@ -385,6 +385,17 @@ def test_table9_mean_improvement_over_vanilla():
     assert "convnorm+BN" in lip.format_table9(lip.table9(records))
 
 
+def test_table9_cli_reads_a_results_directory(tmp_path, capsys):
+    records = [_record("vanilla", 0, [4.0, 6.0]), _record("convnorm", 0, [1.0, 1.0])]
+    for i, rec in enumerate(records):
+        d = tmp_path / "runs" / f"run{i}"
+        d.mkdir(parents=True)
+        (d / "record.json").write_text(json.dumps(rec))
+    assert lip.main([str(tmp_path), "--table9"]) == 0
+    out = capsys.readouterr().out
+    assert "| cifar10 | convnet | free | convnorm+BN | 4.000 | 0.000 | 1 |" in out
+
+
 def test_plot_layer_norms_writes_png(tmp_path):
     report = {"layers": [{"name": "a", "spectral_norm": 1.0}, {"name": "b", "spectral_norm": 2.0}]}
     path = lip.plot_layer_norms(report, tmp_path / "one.png")
