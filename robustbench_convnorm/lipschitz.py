@@ -648,6 +648,8 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
             "bounds_of": "layer" | "weight" | None,
             "channel_cond": float | None,    # actual operator, mean over output channels
             "channel_cond_max": float | None,  # actual operator, worst channel
+            "channel_cond_preaffine": float | None,  # layers with an `affine` submodule (ConvNorm):
+                                                     # the operator without it, mean over channels
             "channel_cond_weight": float | None},  # `weight`, paper definition (stride 1)
            ...],
          "lip_product_log10": float,        # sum over layers of log10(spectral_norm)
@@ -711,6 +713,16 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
             cond = layer_channel_condition(module, in_shape)
         row["channel_cond"] = _finite(float(cond.nanmean())) if cond.numel() else None
         row["channel_cond_max"] = _finite(float(cond[~cond.isnan()].max())) if (~cond.isnan()).any() else None
+        row["channel_cond_preaffine"] = None
+        if isinstance(getattr(module, "affine", None), nn.Module):
+            # ConvNorm: the normalized operator before its learnable depthwise affine
+            saved = module.affine
+            try:
+                module.affine = None
+                pre = layer_channel_condition(module, in_shape)
+            finally:
+                module.affine = saved
+            row["channel_cond_preaffine"] = _finite(float(pre.nanmean())) if pre.numel() else None
         row["channel_cond_weight"] = None
         if has_weight:
             same = is_op and (sh, sw) == (1, 1)  # then it is the column just computed
@@ -743,7 +755,8 @@ REPORT_COLUMNS = [
     ("layer", "name"), ("role", "role"), ("shape", "shape"), ("s", "stride"), ("p", "padding"),
     ("in", "in_size"), ("sigma (power)", "spectral_norm"), ("exact circ", "exact_circular"),
     ("TN", "tn_bound"), ("F4", "f4_bound"), ("flat", "flat_bound"), ("bounds of", "bounds_of"),
-    ("cond (layer)", "channel_cond"), ("cond max", "channel_cond_max"), ("cond (weight)", "channel_cond_weight"),
+    ("cond (layer)", "channel_cond"), ("cond max", "channel_cond_max"),
+    ("cond (pre-affine)", "channel_cond_preaffine"), ("cond (weight)", "channel_cond_weight"),
 ]
 
 

@@ -451,3 +451,24 @@ def test_cli_prints_the_table_of_a_saved_model(tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert len(report["layers"]) == 9 and report["input_shape"] == [1, 8, 8]
     assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_model_report_convnorm_pre_affine_condition_is_near_one():
+    torch.manual_seed(0)
+    norm = get_normalizer("convnorm")
+    model = nn.Sequential(norm.conv(3, 6, 3, padding=1), nn.ReLU(), norm.conv(6, 8, 3, stride=2, padding=1))
+    for m in model:
+        if hasattr(m, "affine"):
+            m.conv_role = "plain"
+            with torch.no_grad():
+                m.affine.weight.uniform_(-1, 1)  # a non-trivial learnable affine
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 16, 16))
+    affines = [m.affine for m in model if hasattr(m, "affine")]
+    rows = lip.model_report(model, (3, 16, 16))["layers"]
+    assert [m.affine for m in model if hasattr(m, "affine")] == affines  # put back
+    for r in rows:
+        assert r["bounds_of"] == "weight" and r["exact_circular"] is None
+        assert 1.0 <= r["channel_cond_preaffine"] < 1.3      # ConvNorm: channels are (nearly) tight frames
+        assert r["channel_cond"] > 1.5 * r["channel_cond_preaffine"]  # the affine reshapes the spectrum
