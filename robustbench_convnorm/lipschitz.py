@@ -842,7 +842,7 @@ def _setting(rec: Dict[str, Any]) -> tuple:
 
 
 def table9(records: Iterable[Dict[str, Any]], *, key: str = "channel_cond", baseline: str = "vanilla",
-           mode: str = "difference") -> List[Dict[str, Any]]:
+           mode: str = "difference", fallback: Optional[str] = "channel_cond") -> List[Dict[str, Any]]:
     """Mean improvement of the layer-wise condition number over ``baseline``
     (ConvNorm paper, Table 9; larger is better), from finished run records
     carrying ``record["lipschitz"]`` (``model_report``'s layout).
@@ -855,7 +855,14 @@ def table9(records: Iterable[Dict[str, Any]], *, key: str = "channel_cond", base
     ``cond_baseline - cond_run`` (``mode="difference"``) or
     ``log10(cond_baseline / cond_run)`` (``mode="log_ratio"``). Rows: one per
     (setting, normalizer label), the mean and standard deviation over runs.
+    A layer without ``key`` (e.g. ``channel_cond_preaffine`` on a plain conv)
+    uses ``fallback`` instead, so ConvNorm's pre-affine value can be
+    compared with vanilla's plain one.
     """
+    def value(layer):
+        v = layer.get(key)
+        return layer.get(fallback) if v is None and fallback else v
+
     if mode not in ("difference", "log_ratio"):
         raise ValueError(f"mode must be 'difference' or 'log_ratio', got {mode!r}")
     usable = [r for r in records if r.get("status", "finished") == "finished"
@@ -871,8 +878,8 @@ def table9(records: Iterable[Dict[str, Any]], *, key: str = "channel_cond", base
             for r in recs:
                 if r.get("normalizer") == baseline and bool(r.get("batchnorm")) == bn:
                     for layer in r["lipschitz"]["layers"]:
-                        if layer.get(key) is not None:
-                            layer_vals[layer["name"]].append(float(layer[key]))
+                        if value(layer) is not None:
+                            layer_vals[layer["name"]].append(float(value(layer)))
             if layer_vals:
                 base[bn] = {n: sum(v) / len(v) for n, v in layer_vals.items()}
         if not base:
@@ -884,7 +891,7 @@ def table9(records: Iterable[Dict[str, Any]], *, key: str = "channel_cond", base
             ref = base.get(bool(r.get("batchnorm"))) or next(iter(base.values()))
             diffs = []
             for layer in r["lipschitz"]["layers"]:
-                v, b = layer.get(key), ref.get(layer["name"])
+                v, b = value(layer), ref.get(layer["name"])
                 if v is None or b is None:
                     continue
                 if mode == "difference":

@@ -383,6 +383,12 @@ def test_table9_mean_improvement_over_vanilla():
     want = (math.log10(5 / 1) + math.log10(7 / 1) + math.log10(5 / 2) + math.log10(7 / 1)) / 4
     assert ratio["convnorm+BN"]["mean_improvement"] == pytest.approx(want)
     assert "convnorm+BN" in lip.format_table9(lip.table9(records))
+    # a key only some layers have falls back to channel_cond elsewhere
+    records[2]["lipschitz"]["layers"][0]["channel_cond_preaffine"] = 1.0
+    records[2]["lipschitz"]["layers"][0]["channel_cond"] = 3.0
+    pre = {r["normalizer"]: r for r in lip.table9(records, key="channel_cond_preaffine")}
+    assert pre["convnorm+BN"]["mean_improvement"] == pytest.approx(4.75)
+    assert {r["normalizer"]: r for r in lip.table9(records)}["convnorm+BN"]["mean_improvement"] == pytest.approx(4.25)
 
 
 def test_table9_cli_reads_a_results_directory(tmp_path, capsys):
