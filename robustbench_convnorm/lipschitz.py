@@ -10,8 +10,9 @@ Quantities (docs/lipschitz.md explains each):
   vector-Jacobian product), so it covers any padding, stride and normalizer.
 - ``tn_bound(weight, stride)``: the tensor-norm bound of Grishina et al.
   (ECCV 2024), ``sqrt(h'*w') * ||K'||_sigma`` with K' the stride-reshaped
-  kernel and ``||.||_sigma`` found by alternating power iteration (HOPM) with
-  random restarts. ``differentiable=True`` returns a tensor with gradient.
+  kernel and ``||.||_sigma`` found by alternating power iteration (HOPM) over
+  complex vectors from Fourier and random starts. ``differentiable=True``
+  returns a tensor with gradient.
 - ``f4_bound(weight, stride)``: Singla & Feizi's "fantastic four" bound,
   ``sqrt(h'*w') * min`` of the spectral norms of four matricizations of K'.
 - ``flat_bound(weight, stride)``: ``sqrt(h'*w') * ||W_flat||_2``.
@@ -980,6 +981,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--table9", action="store_true",
                         help="print the condition-number improvement over vanilla ([CN] Table 9) of a results directory")
     parser.add_argument("--table9-mode", choices=("difference", "log_ratio"), default="difference")
+    parser.add_argument("--table9-key", default="channel_cond",
+                        help="the per-layer value compared (channel_cond, channel_cond_preaffine, channel_cond_weight)")
     parser.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
                         help="input shape (default: from the run config, else C from the model and 32x32)")
     parser.add_argument("--power-iters", type=int, default=100)
@@ -991,8 +994,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.table9:
         records = load_records(args.checkpoint)
-        rows = table9(records, mode=args.table9_mode)
-        print(f"# Mean improvement of the channel-wise condition number over vanilla ({args.table9_mode}), "
+        rows = table9(records, key=args.table9_key, mode=args.table9_mode)
+        print(f"# Mean improvement of {args.table9_key} over vanilla ({args.table9_mode}), "
               f"{len(records)} records in {args.checkpoint}\n")
         print(format_table9(rows) if rows else "(no finished runs with Lipschitz data and a vanilla baseline)")
         return 0

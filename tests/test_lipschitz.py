@@ -51,6 +51,15 @@ def test_exact_singular_values_equal_dense_svd_of_circular_conv(c_out, c_in, k, 
     assert lip.circular_spectral_norm(conv.weight, n, stride) == pytest.approx(float(dense[0]), rel=1e-9)
 
 
+def test_exact_in_frequency_blocks_equals_one_block(monkeypatch):
+    w = torch.randn(3, 2, 3, 3, dtype=DT)
+    whole = (lip.circular_singular_values(w, 8, 2), lip.circular_spectral_norm(w, 8), lip.weight_channel_spectrum(w, 8))
+    monkeypatch.setattr(lip, "_EXACT_BLOCK", 3 * 2 * 4)  # one frequency row per block
+    torch.testing.assert_close(lip.circular_singular_values(w, 8, 2), whole[0], rtol=1e-12, atol=1e-12)
+    assert lip.circular_spectral_norm(w, 8) == pytest.approx(whole[1], rel=1e-12)
+    torch.testing.assert_close(lip.weight_channel_spectrum(w, 8), whole[2], rtol=1e-12, atol=1e-12)
+
+
 def test_exact_rejects_input_not_divisible_by_stride():
     with pytest.raises(ValueError, match="multiple of the stride"):
         lip.circular_spectral_norm(torch.randn(2, 2, 3, 3), 7, 2)
