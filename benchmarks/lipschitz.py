@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
+
+from benchmarks.common import device_description
 from torch import nn
 
 from robustbench_convnorm import lipschitz as lip
@@ -67,16 +68,6 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int):
     return statistics.median(times), min(times), max(times), float(runs[-1][1])
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.lipschitz", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -92,8 +83,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{cpu_name()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} intra-op threads"
+    dev_name = device_description(device)
     command = "python -m benchmarks.lipschitz " + " ".join(argv if argv is not None else sys.argv[1:])
     gen = torch.Generator(device=device)
     rows: List[Dict[str, object]] = []
