@@ -89,23 +89,41 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert again.returncode == 0 and "[skip]" in again.stdout
 
 
-@register_normalizer("test_nan_bomb")
-class NaNBomb(Normalizer):
-    """Produces NaN from its 5th training forward on (3 per epoch here): a loss that blows up in epoch 2."""
+class _TriggerConv(nn.Conv2d):
+    """A conv that counts its training forwards and, from the ``at``-th on,
+    applies ``trigger`` to its output (3 training forwards per epoch here)."""
 
-    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
-        return _Bomb(in_channels, out_channels, kernel_size, stride, padding)
-
-
-class _Bomb(nn.Conv2d):
-    def __init__(self, *args):
-        super().__init__(*args, bias=False)
-        self.calls = 0
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, *, at, trigger):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
+        self.calls, self.at, self.trigger = 0, at, trigger
 
     def forward(self, x):
         self.calls += self.training
         out = super().forward(x)
-        return out * float("nan") if self.calls > 4 else out
+        return self.trigger(self, out) if self.calls >= self.at else out
+
+
+def _ctrl_c(conv, out):
+    if conv.calls == conv.at and conv.conv_role == "stem":
+        raise KeyboardInterrupt
+    return out
+
+
+@register_normalizer("test_nan_bomb")
+class NaNBomb(Normalizer):
+    """NaN from the 5th training forward on: a loss that blows up in epoch 2."""
+
+    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        return _TriggerConv(in_channels, out_channels, kernel_size, stride, padding, at=5,
+                            trigger=lambda conv, out: out * float("nan"))
+
+
+@register_normalizer("test_ctrl_c")
+class CtrlC(Normalizer):
+    """KeyboardInterrupt in the 5th training forward (epoch 2), like Ctrl-C."""
+
+    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        return _TriggerConv(in_channels, out_channels, kernel_size, stride, padding, at=5, trigger=_ctrl_c)
 
 
 def test_nan_fails_that_run_and_the_grid_goes_on(tmp_path, capsys):
@@ -181,26 +199,6 @@ def test_quickstart_end_to_end(tmp_path):
     for name in ("leaderboard.csv", "leaderboard_runs.csv", "leaderboard.md"):
         assert (out / name).exists()
     assert list(out.glob("*.png"))
-
-
-@register_normalizer("test_ctrl_c")
-class CtrlC(Normalizer):
-    """Raises KeyboardInterrupt in its 5th training forward (epoch 2 here), like Ctrl-C."""
-
-    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
-        return _CtrlCConv(in_channels, out_channels, kernel_size, stride, padding)
-
-
-class _CtrlCConv(nn.Conv2d):
-    def __init__(self, *args):
-        super().__init__(*args, bias=False)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += self.training
-        if self.calls == 5 and self.conv_role == "stem":
-            raise KeyboardInterrupt
-        return super().forward(x)
 
 
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path):
