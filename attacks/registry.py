@@ -7,27 +7,21 @@ from __future__ import annotations
 
 from typing import List
 
-from robustbench_convnorm.registry import Registry, RegistryError, check_options
+from robustbench_convnorm.registry import Registry
 
 from .base import Evaluator
 
-EVALUATORS: Registry = Registry("evaluator")
+EVALUATORS: Registry = Registry("evaluator", base=Evaluator, decorator="register_evaluator")
 
 
 def register_evaluator(type_name: str):
     """Class decorator: make an ``Evaluator`` subclass available as ``type_name``."""
-    def decorator(cls):
-        if not (isinstance(cls, type) and issubclass(cls, Evaluator)):
-            raise RegistryError(f"@register_evaluator('{type_name}') needs an Evaluator subclass, got {cls!r}")
-        return EVALUATORS.register(type_name)(cls)
-    return decorator
+    return EVALUATORS.register(type_name)
 
 
 def get_evaluator(type_name: str, **options) -> Evaluator:
     """Build the evaluator ``type_name`` with its options (``name`` among them)."""
-    cls = EVALUATORS.get(type_name)
-    check_options("evaluator", type_name, cls.__init__, options)
-    return cls(**options)
+    return EVALUATORS.build(type_name, **options)
 
 
 def list_evaluators() -> List[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Dict, Generic, List, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -44,12 +44,19 @@ def check_options(kind: str, name: str, factory: Callable, options: Dict[str, An
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """Names -> classes or factories. With ``base``, only subclasses of it may
+    register (``decorator`` names the decorator in that error)."""
+
+    def __init__(self, kind: str, base: Optional[type] = None, decorator: str = "register"):
         self.kind = kind
+        self.base, self.decorator = base, decorator
         self._items: Dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
+            if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
+                raise RegistryError(f"@{self.decorator}('{name}') takes a subclass of {self.base.__name__}, "
+                                    f"got {obj!r}")
             # Re-registering the same object (a module imported twice) is harmless;
             # two different objects under one name is a bug worth stopping for.
             if name in self._items and self._items[name] is not obj and (
@@ -72,6 +79,12 @@ class Registry(Generic[T]):
                 f"registered: {', '.join(self.names())}"
             )
         return self._items[name]
+
+    def build(self, name: str, /, **options):
+        """The class registered as ``name``, built with its options; unknown options stop here."""
+        cls = self.get(name)
+        check_options(self.kind, name, cls.__init__, options)
+        return cls(**options)
 
     def names(self) -> List[str]:
         return sorted(self._items)

@@ -3,26 +3,20 @@ from __future__ import annotations
 
 from typing import List
 
-from ..registry import Registry, RegistryError, check_options
+from ..registry import Registry
 from .base import Normalizer
 
-NORMALIZERS: Registry = Registry("normalizer")
+NORMALIZERS: Registry = Registry("normalizer", base=Normalizer, decorator="register_normalizer")
 
 
 def register_normalizer(name: str):
     """Class decorator: make a ``Normalizer`` subclass available by ``name``."""
-    def decorator(cls):
-        if not (isinstance(cls, type) and issubclass(cls, Normalizer)):
-            raise RegistryError(f"@register_normalizer('{name}') needs a Normalizer subclass, got {cls!r}")
-        return NORMALIZERS.register(name)(cls)
-    return decorator
+    return NORMALIZERS.register(name)
 
 
 def get_normalizer(name: str, **options) -> Normalizer:
     """Build the normalizer ``name`` with its options; unknown names or options stop here."""
-    cls = NORMALIZERS.get(name)
-    check_options("normalizer", name, cls.__init__, options)
-    return cls(**options)
+    return NORMALIZERS.build(name, **options)
 
 
 def list_normalizers() -> List[str]:
