@@ -137,12 +137,10 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
                 raise KeyboardInterrupt
             if result.status != "finished":
                 return finish(result.status, result.error)
-        evaluate_into(record, model, data, spec, device, log, run_dir)
-        per_example = record.pop("_per_example")
-        if per_example is not None:
-            tmp = run_dir / (PER_EXAMPLE + ".tmp")
-            per_example.to_csv(tmp, index=False)
-            tmp.replace(run_dir / PER_EXAMPLE)
+        per_example = evaluate_into(record, model, data, spec, device, log, run_dir)
+        tmp = run_dir / (PER_EXAMPLE + ".tmp")
+        per_example.to_csv(tmp, index=False)
+        tmp.replace(run_dir / PER_EXAMPLE)
         return finish("finished")
     except KeyboardInterrupt:
         if record["status"] != "interrupted":
@@ -157,8 +155,9 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
                                  "traceback": traceback.format_exc(limit=8)})
 
 
-def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir: Path) -> None:
-    """Attacks, sanity checks and Lipschitz diagnostics into the record."""
+def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir: Path):
+    """Attacks, sanity checks and Lipschitz diagnostics into the record; returns
+    the per-example outcomes (a DataFrame) for per_example.csv."""
     from attacks.protocol import evaluate
 
     cfg = spec.config
@@ -171,7 +170,6 @@ def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir
     record["flags"] = sorted(set(record["flags"]) | set(report.flags))
     record["evaluations"] = report.details
     record["timings"]["eval_seconds"] = time.perf_counter() - t0
-    record["_per_example"] = report.per_example
     if cfg.eval.lipschitz:
         from .lipschitz import model_report, plot_layer_norms
 
@@ -189,6 +187,7 @@ def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir
         record["timings"]["lipschitz_seconds"] = time.perf_counter() - t0
     shown = ", ".join(f"{k} {v:.2f}" for k, v in record["metrics"].items() if isinstance(v, float))
     log(f"  {shown}" + (f"  flags: {', '.join(record['flags'])}" if record["flags"] else ""))
+    return report.per_example
 
 
 def print_grid(specs: List[RunSpec], out=print) -> None:
