@@ -122,7 +122,7 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         raise ValueError(f"no training batches: {len(train_y)} examples; lower train.batch_size")
     optimizer = make_optimizer(model, tc)
     method_cls = METHODS.get(tc.method)
-    steps_per_epoch = len(batches) * (tc.replays if tc.method == "free" else 1)
+    steps_per_epoch = len(batches) * method_cls.optimizer_steps_per_batch(tc)
     scheduler = make_scheduler(optimizer, tc, steps_per_epoch)
     normalizer = model.normalizer
     method = method_cls(tc, model, optimizer, scheduler, lambda: normalizer.penalty(model),

@@ -23,7 +23,9 @@ class Method:
         # Randomness of perturbations (fgsm_rs starts) lives on the device.
         self.generator = torch.Generator(device=device)
 
-    def optimizer_steps_per_batch(self) -> int:
+    @staticmethod
+    def optimizer_steps_per_batch(train_cfg) -> int:
+        """Optimizer (and scheduler) steps one minibatch takes."""
         return 1
 
     def loss(self, x, y):
@@ -71,8 +73,9 @@ class Free(Method):
         self.step = self.cfg.eps if self.cfg.step is None else self.cfg.step
         self.delta = None
 
-    def optimizer_steps_per_batch(self) -> int:
-        return self.cfg.replays
+    @staticmethod
+    def optimizer_steps_per_batch(train_cfg) -> int:
+        return train_cfg.replays
 
     def train_batch(self, x, y):
         b = len(y)
