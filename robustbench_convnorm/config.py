@@ -109,6 +109,23 @@ class EvalConfig:
                                             doc="list of {type: ..., options...}")
 
 
+_SWITCH = ["auto", "on", "off"]
+
+
+@dataclass
+class SpeedConfig:
+    """Fast-path switches (robustbench_convnorm/speed.py): how a run computes,
+    never what; not part of the run id. auto = on where measured faster and
+    matching on this device type (docs/benchmarks.md)."""
+    channels_last: str = _opt("auto", choices=_SWITCH, doc="channels_last memory format for model and inputs")
+    cudnn_benchmark: str = _opt("auto", choices=_SWITCH, doc="cudnn.benchmark autotuning (CUDA only)")
+    optimizer: str = _opt("auto", choices=["auto", "for_loop", "foreach", "fused"],
+                          doc="SGD kernel: per-parameter loop, multi-tensor foreach, or fused")
+    compile: str = _opt("auto", choices=_SWITCH,
+                        doc="torch.compile the model (FFT layers stay eager; falls back to eager on failure)")
+    convnorm_fast: str = _opt("auto", choices=_SWITCH, doc="ConvNorm's fast Fourier filtering")
+
+
 @dataclass
 class Config:
     data: DataConfig = _opt(factory=DataConfig)
@@ -119,6 +136,7 @@ class Config:
     eval: EvalConfig = _opt(factory=EvalConfig)
     seeds: List[int] = _opt(factory=lambda: [0])
     device: str = _opt("auto", choices=["auto", "cpu", "cuda"])
+    speed: SpeedConfig = _opt(factory=SpeedConfig)
     output_dir: str = _opt("results/default")
     grid: Dict[str, List[Any]] = _opt(factory=dict,
                                       doc="extra grid axes: {dotted.key: [values]}")
@@ -250,7 +268,10 @@ def _build(cls, raw: Dict[str, Any], path: str, ctx: _Ctx):
     for name, f in fields.items():
         sub = f"{path}.{name}" if path else name
         if name in raw:
-            kwargs[name] = _convert(raw[name], hints[name], sub, ctx)
+            value = raw[name]
+            if isinstance(value, bool) and f.metadata.get("choices") == _SWITCH:
+                value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a bool
+            kwargs[name] = _convert(value, hints[name], sub, ctx)
             _check_range(kwargs[name], f.metadata, sub, ctx)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ctx.fail(sub, "is required")
@@ -366,7 +387,7 @@ class RunSpec:
 
 #: Sections that do not change what is trained: a run keeps its id (and its
 #: checkpoint) when only these change, so it can be re-evaluated.
-_NOT_IN_RUN_ID = ("eval", "device", "output_dir", "name", "grid")
+_NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid")
 
 
 def run_identity(cfg: Config) -> Dict[str, Any]:

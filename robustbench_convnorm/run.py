@@ -21,6 +21,7 @@ from typing import Dict, List
 
 import torch
 
+from . import speed
 from .config import ConfigError, RunSpec, expand_grid, load_config, to_dict
 from .data import DataError, list_sources, load_full, prepare_data
 from .models import list_models
@@ -120,6 +121,9 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
         meta = model_meta(data)
         model = build_run_model(spec.config, meta).to(device)
         record["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        switches = speed.resolve(spec.config.speed, device)
+        forward = speed.prepare_model(model, switches, log)
+        record["speed"] = switches.as_dict()
         if eval_only:
             ckpt_path = run_dir / CHECKPOINT
             ckpt = load_checkpoint(ckpt_path, map_location=device) if ckpt_path.exists() else None
@@ -128,7 +132,8 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
                                                                   f"{ckpt_path}; train the run first"})
             model.load_state_dict(ckpt["model"])
         else:
-            result = train_run(spec, model, data, meta, device, run_dir, resume=resume, log=log)
+            result = train_run(spec, model, data, meta, device, run_dir, resume=resume, log=log,
+                               forward=forward, optimizer_impl=switches.optimizer)
             record["timings"] = {"train_seconds": result.train_seconds,
                                  "train_seconds_per_epoch": result.seconds_per_epoch,
                                  "epochs_done": result.epochs_done}

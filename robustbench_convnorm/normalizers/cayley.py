@@ -76,6 +76,9 @@ class CayleyConv2d(nn.Module):
     """Orthogonal convolution with circular boundaries (it wraps around the
     borders; ``padding`` is ignored). See the module docstring."""
 
+    #: FFTs and batched complex solves: torch.compile leaves this layer eager (speed.py).
+    compile_eager = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = False):
         super().__init__()

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import load_checkpoint, restore_rng_states, rng_states, save_atomic
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
+from ..speed import make_sgd
 from .methods import METHODS
 from .schedules import make_scheduler
 
@@ -53,9 +54,9 @@ def autocast_for(amp: str, device: torch.device) -> Callable:
     return contextlib.nullcontext
 
 
-def make_optimizer(model, train_cfg):
-    return torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
-                           weight_decay=train_cfg.weight_decay, nesterov=train_cfg.nesterov)
+def make_optimizer(model, train_cfg, impl: str = "for_loop"):
+    return make_sgd(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
+                    weight_decay=train_cfg.weight_decay, nesterov=train_cfg.nesterov, impl=impl)
 
 
 def validation_subset(data, n: int, seed: int, device):
@@ -108,8 +109,11 @@ def write_log(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
     os.replace(tmp, run_dir / TRAIN_LOG)
 
 
-def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=print) -> TrainResult:
-    """Train ``model`` as ``spec`` says, resuming from ``run_dir/checkpoint.pt``."""
+def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=print, forward=None,
+              optimizer_impl: str = "for_loop") -> TrainResult:
+    """Train ``model`` as ``spec`` says, resuming from ``run_dir/checkpoint.pt``.
+    ``forward`` computes the model's output (default: the model itself; the
+    fast path may pass a compiled one); ``optimizer_impl`` picks SGD's kernel."""
     cfg = spec.config
     tc = cfg.train
     run_dir = Path(run_dir)
@@ -120,13 +124,13 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
                             seed=spec.seed)
     if len(batches) == 0:
         raise ValueError(f"no training batches: {len(train_y)} examples; lower train.batch_size")
-    optimizer = make_optimizer(model, tc)
+    optimizer = make_optimizer(model, tc, optimizer_impl)
     method_cls = METHODS.get(tc.method)
     steps_per_epoch = len(batches) * method_cls.optimizer_steps_per_batch(tc)
     scheduler = make_scheduler(optimizer, tc, steps_per_epoch)
     normalizer = model.normalizer
     method = method_cls(tc, model, optimizer, scheduler, lambda: normalizer.penalty(model),
-                        autocast_for(tc.amp, device), device)
+                        autocast_for(tc.amp, device), device, forward=forward)
     method.generator.manual_seed(spec.seed)
     subset = validation_subset(data, tc.val_examples, spec.seed, device)
 

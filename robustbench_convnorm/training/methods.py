@@ -17,8 +17,10 @@ METHODS: Registry = Registry("training method")
 
 class Method:
     def __init__(self, train_cfg, model, optimizer, scheduler, penalty: Callable[[], torch.Tensor],
-                 autocast, device):
+                 autocast, device, forward=None):
         self.cfg, self.model, self.optimizer, self.scheduler = train_cfg, model, optimizer, scheduler
+        # what computes the logits: the model, or its compiled forward (speed.compile)
+        self.forward = model if forward is None else forward
         self.penalty, self.autocast, self.device = penalty, autocast, device
         # Randomness of perturbations (fgsm_rs starts) lives on the device.
         self.generator = torch.Generator(device=device)
@@ -30,7 +32,7 @@ class Method:
 
     def loss(self, x, y):
         with self.autocast():
-            logits = self.model(x)
+            logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y)
         return loss, logits
 

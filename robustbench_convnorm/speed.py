@@ -1,0 +1,145 @@
+"""The fast path: switches that change how a run computes, never what.
+
+Each switch is ``auto``, ``on`` or ``off`` in the config's ``speed:`` section.
+``auto`` resolves through :data:`MEASURED_DEFAULTS`, a per-device table that
+turns a switch on only where ``python -m benchmarks.fast_path`` measured it
+faster than the plain path AND its outputs matched the plain path's (see
+docs/benchmarks.md, "Fast-path switches"). A switch nobody has measured on a
+device stays off there. The switches are not part of a run's identity (the
+run id): a fast run and a plain run of the same config are the same run,
+which is why each switch must match the plain path within the tolerance
+tested in tests/test_speed.py.
+
+What is always on, because it is the design rather than a switch: data and
+augmentation live on the device (``data.DeviceBatches``), training metrics
+accumulate on the device with one host synchronisation per epoch, bf16
+autocast on CUDA is a training setting (``train.amp``, part of the run id),
+Cayley's Q is cached while the weights are fixed, and ConvNorm's filter is
+computed once per weight update.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+SWITCHES = ("channels_last", "cudnn_benchmark", "optimizer", "compile", "convnorm_fast")
+
+#: What ``auto`` means per device type. Each entry cites its measurement in
+#: docs/benchmarks.md; None for convnorm_fast defers to the layer's own
+#: per-device default (normalizers/convnorm.py), measured the same way.
+#: No GPU was lent to the sessions that built this, so every CUDA entry is
+#: torch's own default: run `python -m benchmarks.fast_path` on a GPU and
+#: turn on what it reports as faster and matching.
+MEASURED_DEFAULTS: Dict[str, Dict[str, object]] = {
+    "cpu": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "for_loop",
+            "compile": False, "convnorm_fast": None},
+    "cuda": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "foreach",
+             "compile": False, "convnorm_fast": None},
+}
+
+OPTIMIZER_IMPLS = ("for_loop", "foreach", "fused")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The switches of one run after ``auto`` was resolved for its device."""
+    channels_last: bool
+    cudnn_benchmark: bool
+    optimizer: str
+    compile: bool
+    convnorm_fast: Optional[bool]
+
+    def as_dict(self) -> Dict[str, object]:
+        return {name: getattr(self, name) for name in SWITCHES}
+
+
+def resolve(speed_cfg, device: torch.device) -> Resolved:
+    """``auto`` -> the measured default of this device type; on/off as given."""
+    table = MEASURED_DEFAULTS.get(device.type, MEASURED_DEFAULTS["cpu"])
+    values = {}
+    for name in SWITCHES:
+        value = getattr(speed_cfg, name)
+        if value == "auto":
+            values[name] = table[name]
+        elif name == "optimizer":
+            values[name] = value
+        else:
+            values[name] = value == "on"
+    if values["cudnn_benchmark"] and device.type != "cuda":
+        values["cudnn_benchmark"] = False  # a CUDA-only switch means nothing elsewhere
+    return Resolved(**values)
+
+
+def make_sgd(params, *, lr, momentum, weight_decay, nesterov=False, impl: str = "for_loop"):
+    """SGD with the chosen kernel: a Python loop over parameters, one foreach
+    (multi-tensor) launch per operation, or the fused kernel. Same update."""
+    if impl not in OPTIMIZER_IMPLS:
+        raise ValueError(f"speed.optimizer must be one of {', '.join(OPTIMIZER_IMPLS)}, got {impl!r}")
+    kwargs = {"foreach": impl == "foreach"}
+    if impl == "fused":
+        kwargs = {"fused": True}
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                           **kwargs)
+
+
+def mark_eager_layers(model: nn.Module) -> int:
+    """Keep the FFT / complex layers (class attribute ``compile_eager``) out of
+    torch.compile: dynamo runs them eagerly and compiles what is around them."""
+    count = 0
+    for module in model.modules():
+        if getattr(type(module), "compile_eager", False) and not getattr(module, "_eager_marked", False):
+            module.forward = torch.compiler.disable(module.forward)
+            module._eager_marked = True
+            count += 1
+    return count
+
+
+class CompiledForward:
+    """``model(x)`` through torch.compile with a clean fallback to eager:
+    while it runs, dynamo's ``suppress_errors`` is on, so a frame whose
+    compilation fails (no C++ compiler for inductor on CPU, an unsupported
+    op) runs eagerly with dynamo's warning instead of raising; and if
+    ``torch.compile`` itself cannot be set up, every call is eager."""
+
+    def __init__(self, model: nn.Module, log: Callable[[str], None] = print, backend="inductor"):
+        self.model = model
+        self.error: Optional[BaseException] = None
+        mark_eager_layers(model)
+        try:
+            self.compiled = torch.compile(model, backend=backend)
+        except Exception as exc:  # e.g. a Python version dynamo does not support
+            self.error = exc
+            message = f"speed.compile: torch.compile is unavailable ({type(exc).__name__}: {exc}); running eagerly"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            log("  " + message)
+
+    @property
+    def active(self) -> bool:
+        return self.error is None
+
+    def __call__(self, x):
+        if self.error is not None:
+            return self.model(x)
+        import torch._dynamo
+
+        with torch._dynamo.config.patch(suppress_errors=True):
+            return self.compiled(x)
+
+
+def prepare_model(model: nn.Module, switches: Resolved, log: Callable[[str], None] = print) -> Callable:
+    """Apply the model-level switches in place; return the callable that
+    computes the model's forward (the compiled one when ``compile`` is on)."""
+    if switches.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if switches.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    from .normalizers.convnorm import set_convnorm_fast_path
+
+    set_convnorm_fast_path(model, switches.convnorm_fast)
+    if switches.compile:
+        return CompiledForward(model, log)
+    return model

@@ -1,0 +1,206 @@
+"""The fast path (robustbench_convnorm/speed.py) computes what the plain path computes."""
+import contextlib
+import warnings
+
+import pytest
+import torch
+import yaml
+
+from robustbench_convnorm import speed
+from robustbench_convnorm.config import ConfigError, SpeedConfig, TrainConfig, config_from_dict, expand_grid
+from robustbench_convnorm.models import build_model
+from robustbench_convnorm.normalizers import get_normalizer
+from robustbench_convnorm.training.loop import autocast_for
+from robustbench_convnorm.training.methods import METHODS
+from robustbench_convnorm.training.schedules import make_scheduler
+
+CPU = torch.device("cpu")
+PLAIN = SpeedConfig(channels_last="off", cudnn_benchmark="off", optimizer="for_loop", compile="off",
+                    convnorm_fast="off")
+#: Every switch that applies to a CPU, on (compile has its own tests below).
+FAST_CPU = SpeedConfig(channels_last="on", cudnn_benchmark="off", optimizer="foreach", compile="off",
+                       convnorm_fast="on")
+#: fp32: relative difference of parameters after a few free-AT replays. The
+#: paths differ only in the order of floating-point sums (conv algorithms for
+#: the memory format, FFT packing), so they agree to about 1e-6 per step.
+TOLERANCE = 1e-4
+
+
+def free_trainer(normalizer, switches: SpeedConfig, *, width=0.25, batch=6, seed=0):
+    torch.manual_seed(seed)
+    norm = get_normalizer(normalizer)
+    model = build_model("convnet", norm, num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
+                        batchnorm=False, width=width)
+    resolved = speed.resolve(switches, CPU)
+    forward = speed.prepare_model(model, resolved, log=lambda *_: None)
+    cfg = TrainConfig(method="free", batch_size=batch, lr=0.05, replays=2, eps=8 / 255, schedule="constant")
+    opt = speed.make_sgd(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                         impl=resolved.optimizer)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=100)
+    method = METHODS.get("free")(cfg, model, opt, sched, lambda: norm.penalty(model), autocast_for("off", CPU), CPU,
+                                 forward=forward)
+    return model, method
+
+
+def batches(n=3, batch=6, size=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(n)]
+
+
+def max_rel_diff(model_a, model_b):
+    worst = 0.0
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        if a.is_floating_point() and a.numel():
+            worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)))
+    return worst
+
+
+@pytest.mark.parametrize("normalizer", ["vanilla", "convnorm", "cayley", "ocnn"])
+def test_fast_path_training_matches_the_plain_path(normalizer):
+    plain_model, plain = free_trainer(normalizer, PLAIN)
+    fast_model, fast = free_trainer(normalizer, FAST_CPU)
+    for x, y in batches():
+        loss_p, _, _ = plain.train_batch(x, y)
+        loss_f, _, _ = fast.train_batch(x, y)
+        assert abs(float(loss_p) - float(loss_f)) <= TOLERANCE * abs(float(loss_p))
+    assert max_rel_diff(plain_model, fast_model) <= TOLERANCE
+    # delta moves by sign(gradient): equal except where a gradient is ~0 and rounding flips its sign
+    assert (plain.delta != fast.delta).float().mean() < 0.01
+
+
+def test_fast_path_really_changes_the_computation():
+    """The equivalence test above would be empty if the switches did nothing."""
+    model, _ = free_trainer("vanilla", FAST_CPU)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    _, method = free_trainer("vanilla", FAST_CPU)
+    assert method.optimizer.defaults["foreach"] is True
+
+
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_sgd_kernels_make_the_same_update(impl):
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_(True) for p in params]
+    opts = [speed.make_sgd(ps, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, impl=i)
+            for ps, i in ((params, "for_loop"), (twins, impl))]
+    for step in range(3):
+        g = torch.Generator().manual_seed(step)
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        for ps, opt in zip((params, twins), opts):
+            for p, gr in zip(ps, grads):
+                p.grad = gr.clone()
+            opt.step()
+    for a, b in zip(params, twins):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="speed.optimizer"):
+        speed.make_sgd(params, lr=0.1, momentum=0.9, weight_decay=0.0, impl="fast")
+
+
+def test_auto_resolves_through_the_measured_table_and_on_off_override_it():
+    auto = speed.resolve(SpeedConfig(), CPU)
+    for name in speed.SWITCHES:
+        assert getattr(auto, name) == speed.MEASURED_DEFAULTS["cpu"][name]
+    forced = speed.resolve(SpeedConfig(channels_last="on", compile="off", optimizer="fused", convnorm_fast="off"), CPU)
+    assert forced.channels_last is True and forced.compile is False and forced.optimizer == "fused"
+    assert forced.convnorm_fast is False
+    # cudnn autotuning means nothing on a CPU
+    assert speed.resolve(SpeedConfig(cudnn_benchmark="on"), CPU).cudnn_benchmark is False
+    assert speed.resolve(SpeedConfig(), torch.device("cuda")).as_dict() == speed.MEASURED_DEFAULTS["cuda"]
+
+
+def test_speed_section_parses_yaml_on_off_and_stays_out_of_the_run_id():
+    raw = yaml.safe_load("speed:\n  channels_last: on\n  compile: off\n  optimizer: foreach\n")
+    cfg = config_from_dict(raw, "test.yaml")
+    assert cfg.speed.channels_last == "on" and cfg.speed.compile == "off" and cfg.speed.optimizer == "foreach"
+    plain = expand_grid(config_from_dict({}, "a.yaml"))[0]
+    fast = expand_grid(cfg)[0]
+    assert plain.run_id == fast.run_id  # a fast run of a config is the same run
+    with pytest.raises(ConfigError, match=r"speed\.channels_last.*allowed: auto, on, off"):
+        config_from_dict({"speed": {"channels_last": "yes"}}, "bad.yaml")
+    with pytest.raises(ConfigError, match=r"speed: .*unknown key.*'chanels_last'|chanels_last"):
+        config_from_dict({"speed": {"chanels_last": "on"}}, "bad.yaml")
+
+
+# ------------------------------------------------------------------ compile
+def tiny_convnorm_model():
+    torch.manual_seed(0)
+    model = build_model("convnet", get_normalizer("convnorm"), num_classes=10, in_channels=3, mean=(0.5,) * 3,
+                        std=(0.25,) * 3, batchnorm=False, width=0.25)
+    return model.eval()
+
+
+def test_fft_layers_are_kept_out_of_compiled_graphs():
+    model = tiny_convnorm_model()
+    marked = speed.mark_eager_layers(model)
+    from robustbench_convnorm.normalizers.convnorm import ConvNorm2d
+
+    layers = [m for m in model.modules() if isinstance(m, ConvNorm2d)]
+    assert marked == len(layers) > 0
+    assert speed.mark_eager_layers(model) == 0  # idempotent
+
+
+def test_compile_that_cannot_start_falls_back_to_eager(monkeypatch):
+    model = tiny_convnorm_model()
+    x = torch.rand(2, 3, 12, 12)
+    expected = model(x)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    logged = []
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable"):
+        fwd = speed.CompiledForward(model, log=logged.append)
+    assert not fwd.active and logged
+    assert torch.equal(fwd(x), expected)
+
+
+def test_compile_whose_backend_fails_runs_eagerly_with_the_same_result():
+    model = tiny_convnorm_model()
+    x = torch.rand(2, 3, 12, 12)
+    expected = model(x)
+
+    def failing_backend(gm, example_inputs):
+        raise RuntimeError("backend exploded")
+
+    fwd = speed.CompiledForward(model, log=lambda *_: None, backend=failing_backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = fwd(x)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_model_matches_eager():
+    """The real thing (needs a C++ compiler on CPU): compiled vs eager forward."""
+    model = tiny_convnorm_model()
+    x = torch.rand(4, 3, 12, 12)
+    expected = model(x)
+    fwd = speed.CompiledForward(model, log=lambda *_: None)
+    assert torch.allclose(fwd(x), expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ host syncs
+@contextlib.contextmanager
+def no_host_sync(monkeypatch):
+    """Make every way of reading a tensor's value on the host raise."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the training step")
+
+    with monkeypatch.context() as m:
+        for attr in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+            m.setattr(torch.Tensor, attr, forbidden)
+        yield
+
+
+@pytest.mark.parametrize("normalizer", ["vanilla", "convnorm", "cayley", "ocnn"])
+def test_a_training_step_never_reads_values_back_to_the_host(normalizer, monkeypatch):
+    _, method = free_trainer(normalizer, SpeedConfig())
+    data = batches(n=2)
+    method.train_batch(*data[0])  # first step allocates state (delta, running filters)
+    with no_host_sync(monkeypatch):
+        for x, y in data:
+            loss, correct, seen = method.train_batch(x, y)
+    assert torch.isfinite(loss)
