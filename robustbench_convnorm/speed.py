@@ -82,8 +82,21 @@ def make_sgd(params, *, lr, momentum, weight_decay, nesterov=False, impl: str = 
     kwargs = {"foreach": impl == "foreach"}
     if impl == "fused":
         kwargs = {"fused": True}
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                           **kwargs)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                **kwargs)
+    if impl == "fused":
+        # The fused kernel updates parameters without bumping their version
+        # counters (torch 2.13, CPU), and ConvNorm's filter and Cayley's Q are
+        # cached on those counters: without this a fused step would leave a
+        # stale filter in place (found by benchmarks/fast_path.py).
+        optimizer.register_step_post_hook(_bump_versions)
+    return optimizer
+
+
+def _bump_versions(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            torch.autograd.graph.increment_version(p)
 
 
 def mark_eager_layers(model: nn.Module) -> int:

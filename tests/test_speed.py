@@ -98,6 +98,20 @@ def test_sgd_kernels_make_the_same_update(impl):
         speed.make_sgd(params, lr=0.1, momentum=0.9, weight_decay=0.0, impl="fast")
 
 
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_every_sgd_kernel_invalidates_weight_caches(impl):
+    """ConvNorm caches its filter on the weight's version counter; a kernel
+    that updated weights without bumping it would train with a stale filter
+    (torch's fused CPU SGD does not bump it: speed.make_sgd makes up for it)."""
+    models = []
+    for kernel in ("for_loop", impl):
+        model, method = free_trainer("convnorm", SpeedConfig(**{**PLAIN.__dict__, "optimizer": kernel}))
+        for x, y in batches(n=3):
+            method.train_batch(x, y)
+        models.append(model)
+    assert max_rel_diff(*models) <= 1e-5
+
+
 def test_auto_resolves_through_the_measured_table_and_on_off_override_it():
     auto = speed.resolve(SpeedConfig(), CPU)
     for name in speed.SWITCHES:
