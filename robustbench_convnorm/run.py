@@ -121,7 +121,7 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
         meta = model_meta(data)
         model = build_run_model(spec.config, meta).to(device)
         record["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        switches = speed.resolve(spec.config.speed, device)
+        switches = speed.resolve(spec.config.speed, device, spec.normalizer.name)
         forward = speed.prepare_model(model, switches, log)
         record["speed"] = switches.as_dict()
         if eval_only:

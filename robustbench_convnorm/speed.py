@@ -28,15 +28,23 @@ from torch import nn
 
 SWITCHES = ("channels_last", "cudnn_benchmark", "optimizer", "compile", "convnorm_fast")
 
-#: What ``auto`` means per device type. Each entry cites its measurement in
-#: docs/benchmarks.md; None for convnorm_fast defers to the layer's own
-#: per-device default (normalizers/convnorm.py), measured the same way.
+#: What ``auto`` means per device type, from ``python -m benchmarks.fast_path``
+#: (docs/benchmarks.md, "Fast-path switches against the plain path"). A value
+#: that is a tuple of normalizer names is on for those normalizers only: the
+#: ones where the switch measured at least 3% faster and matched (1e-4); a
+#: normalizer not listed (a plug-in, say) was not measured and gets it off.
+#: None for convnorm_fast defers to the layer's own per-device default
+#: (normalizers/convnorm.py, FAST_PATH_DEFAULT), measured the same way.
 #: No GPU was lent to the sessions that built this, so every CUDA entry is
 #: torch's own default: run `python -m benchmarks.fast_path` on a GPU and
 #: turn on what it reports as faster and matching.
 MEASURED_DEFAULTS: Dict[str, Dict[str, object]] = {
-    "cpu": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "for_loop",
-            "compile": False, "convnorm_fast": None},
+    # CPU, 2026-11-21, ResNet-18 width 0.25, batch 128, 1 thread: channels_last
+    # 1.04-1.37x (not faster for cayley and oni); foreach and fused SGD within
+    # 3% of the loop; compile 1.18x for vanilla and ocnn, 0.85x for convnorm
+    # and cayley, neutral for the rest, after about a minute of compilation.
+    "cpu": {"channels_last": ("vanilla", "convnorm", "ocnn", "sn", "tn"), "cudnn_benchmark": False,
+            "optimizer": "for_loop", "compile": False, "convnorm_fast": None},
     "cuda": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "foreach",
              "compile": False, "convnorm_fast": None},
 }
@@ -57,14 +65,16 @@ class Resolved:
         return {name: getattr(self, name) for name in SWITCHES}
 
 
-def resolve(speed_cfg, device: torch.device) -> Resolved:
-    """``auto`` -> the measured default of this device type; on/off as given."""
+def resolve(speed_cfg, device: torch.device, normalizer: Optional[str] = None) -> Resolved:
+    """``auto`` -> the measured default of this device type (and normalizer,
+    where the table lists normalizers); on/off as given."""
     table = MEASURED_DEFAULTS.get(device.type, MEASURED_DEFAULTS["cpu"])
     values = {}
     for name in SWITCHES:
         value = getattr(speed_cfg, name)
         if value == "auto":
-            values[name] = table[name]
+            default = table[name]
+            values[name] = (normalizer in default) if isinstance(default, tuple) else default
         elif name == "optimizer":
             values[name] = value
         else:

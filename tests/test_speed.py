@@ -113,9 +113,14 @@ def test_every_sgd_kernel_invalidates_weight_caches(impl):
 
 
 def test_auto_resolves_through_the_measured_table_and_on_off_override_it():
-    auto = speed.resolve(SpeedConfig(), CPU)
-    for name in speed.SWITCHES:
-        assert getattr(auto, name) == speed.MEASURED_DEFAULTS["cpu"][name]
+    table = speed.MEASURED_DEFAULTS["cpu"]
+    for normalizer in ("vanilla", "cayley", "my_plugin"):
+        auto = speed.resolve(SpeedConfig(), CPU, normalizer)
+        for name in speed.SWITCHES:
+            expected = table[name]
+            if isinstance(expected, tuple):  # on only for the normalizers where it was measured faster
+                expected = normalizer in expected
+            assert getattr(auto, name) == expected
     forced = speed.resolve(SpeedConfig(channels_last="on", compile="off", optimizer="fused", convnorm_fast="off"), CPU)
     assert forced.channels_last is True and forced.compile is False and forced.optimizer == "fused"
     assert forced.convnorm_fast is False
