@@ -1,8 +1,14 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: where a row was measured, and tables."""
 from __future__ import annotations
 
+import csv
+import datetime as _dt
 import os
 import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -21,3 +27,77 @@ def device_description(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU {model}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} intra-op threads"
+
+
+def command_line(module: str, argv: Optional[Sequence[str]]) -> str:
+    """The command that reproduces this measurement."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--out" in args:  # where the CSV went is not part of what was measured
+        i = args.index("--out")
+        del args[i:i + 2]
+    return f"python -m {module} " + " ".join(shlex.quote(a) for a in args)
+
+
+def environment(device: torch.device) -> Dict[str, object]:
+    """The columns every benchmark row carries: device, torch, threads, load, date."""
+    return {
+        "device": device.type,
+        "device_name": device_description(device),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else "",
+        "load_avg_1min": f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "",
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+class Table:
+    """Rows of one benchmark; each row gets the environment columns and the command."""
+
+    def __init__(self, name: str, device: torch.device, command: str):
+        self.name, self.device, self.command = name, device, command
+        self.rows: List[Dict[str, object]] = []
+
+    def add(self, row: Dict[str, object]) -> None:
+        env = environment(self.device)
+        self.rows.append({"benchmark": self.name, **row, **env, "command": self.command})
+
+    def write(self, path: Path) -> Path:
+        """The CSV, written atomically (no half-written file if interrupted)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields: List[str] = []
+        for row in self.rows:
+            fields += [k for k in row if k not in fields]
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, path)
+        return path
+
+    def markdown(self, columns: Sequence[str], title: str = "") -> str:
+        return markdown_table(self.rows, columns, title)
+
+
+def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str], title: str = "") -> str:
+    """A markdown table of ``columns`` from ``rows``, headed by the device, torch
+    version and command of the first row (all rows of a table share them)."""
+    if not rows:
+        return f"{title}: no rows\n"
+    first = rows[0]
+    head = [title] if title else []
+    head.append(f"{first['device_name']}, torch {first['torch']}"
+                + (f", {first['cpu_threads']} thread(s)" if first.get("cpu_threads") else "")
+                + f", {first['date']}" + (f", load average {first['load_avg_1min']}" if first.get('load_avg_1min')
+                                          else ""))
+    head.append(f"command: `{first['command']}`")
+    lines = ["  \n".join(head), "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)

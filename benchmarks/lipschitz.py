@@ -20,17 +20,15 @@ Writes benchmarks/out/lipschitz.csv and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 
-from benchmarks.common import device_description
+from benchmarks.common import Table, command_line, device_description
 from torch import nn
 
 from robustbench_convnorm import lipschitz as lip
@@ -84,9 +82,10 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dev_name = device_description(device)
-    command = "python -m benchmarks.lipschitz " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.lipschitz", argv)
+    table = Table("lipschitz", device, command)
+    rows = table.rows
     gen = torch.Generator(device=device)
-    rows: List[Dict[str, object]] = []
     for sweep, cfg in configs(args.quick):
         c, k, s, n = cfg["c"], cfg["k"], cfg["s"], cfg["n"]
         c_out = 2 * c if s > 1 else c
@@ -105,21 +104,14 @@ def main(argv=None) -> int:
         }
         for method in METHODS:
             med, lo, hi, value = timed(fns[method], device, args.repeats)
-            rows.append({"sweep": sweep, "c_in": c, "c_out": c_out, "k": k, "stride": s, "n": n, "method": method,
-                         "median_ms": round(med, 3), "min_ms": round(lo, 3), "max_ms": round(hi, 3),
-                         "value": round(value, 6), "repeats": args.repeats, "device": dev_name,
-                         "torch": torch.__version__, "threads": torch.get_num_threads(),
-                         "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else "",
-                         "tn_iters": args.tn_iters, "tn_starts": n_starts,
-                         "power_iters": args.power_iters, "command": command})
+            table.add({"sweep": sweep, "c_in": c, "c_out": c_out, "k": k, "stride": s, "n": n, "method": method,
+                       "dtype": "float32 (exact: float64)", "batch": 1,
+                       "median_ms": round(med, 3), "min_ms": round(lo, 3), "max_ms": round(hi, 3),
+                       "value": round(value, 6), "repeats": args.repeats, "tn_iters": args.tn_iters,
+                       "tn_starts": n_starts, "power_iters": args.power_iters})
         print(f"  {sweep:8s} C={c}->{c_out} k={k} s={s} n={n}: " +
               ", ".join(f"{r['method']} {r['median_ms']:.1f} ms" for r in rows[-len(METHODS):]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    out = table.write(Path(args.out))
     print()
     print(f"Lipschitz diagnostics, {device.type} ({dev_name}), torch {torch.__version__}; median of "
           f"{args.repeats} after 1 warm-up; TN = {args.tn_iters} HOPM sweeps from each start (no early stop), "

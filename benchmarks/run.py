@@ -1,9 +1,21 @@
 """One entry point for every benchmark: `python -m benchmarks.run [--only a,b]`.
 
-Runs each benchmark module in turn on the current device (each writes its
-CSV under benchmarks/out/ and prints its table; docs/benchmarks.md holds the
-recorded tables with device, command and date). A benchmark that fails is
-reported and the rest go on.
+Runs the benchmarks of the current device's plan in turn, records each CSV
+under ``benchmarks/results/<device type>/`` (cpu or cuda; one row per
+measurement naming device, torch version, dtype, batch and the command),
+then regenerates the measured part of docs/benchmarks.md
+(``benchmarks.report``). A benchmark that fails is reported, its previous
+CSV is kept, and the rest go on.
+
+Plans (sizes chosen so that a CPU run takes minutes, not hours):
+
+* CPU: free-AT replays of every normalizer at ResNet-18 width 0.25, batch 128
+  and 512, and at full width 1.0, batch 128; the fast-path switches; the
+  attacks; the Lipschitz diagnostics per layer and per model. One intra-op
+  thread unless ``--threads`` says otherwise (see docs/benchmarks.md: two
+  threads on a busy two-core machine measure the waiting, not the work).
+* CUDA: the same at width 1.0, batch 128 and 512 (bf16 autocast, the
+  training default on CUDA), the fast-path switches at batch 512.
 """
 from __future__ import annotations
 
@@ -11,29 +23,74 @@ import argparse
 import importlib
 import sys
 import traceback
+from pathlib import Path
+from typing import Dict, List, Tuple
 
-BENCHMARKS = ("normalizers", "attacks", "lipschitz")
+import torch
+
+from benchmarks.replay import pick_device
+from benchmarks.report import RESULTS, update_doc
+
+#: record name -> (module, arguments), per device type
+PLANS: Dict[str, List[Tuple[str, str, List[str]]]] = {
+    "cpu": [
+        ("normalizers", "normalizers", ["--batches", "128,512", "--width", "0.25"]),
+        ("normalizers_full_width", "normalizers", ["--batches", "128", "--width", "1.0", "--steps", "3"]),
+        ("fast_path", "fast_path", ["--batch", "128", "--width", "0.25"]),
+        ("attacks", "attacks", []),
+        ("lipschitz_models", "lipschitz_models", []),
+        ("lipschitz", "lipschitz", ["--quick"]),
+    ],
+    "cuda": [
+        ("normalizers", "normalizers", ["--batches", "128,512", "--width", "1.0"]),
+        ("fast_path", "fast_path", ["--batch", "512", "--width", "1.0"]),
+        ("attacks", "attacks", ["--batch", "1000", "--images", "1000", "--iters", "500"]),
+        ("lipschitz_models", "lipschitz_models", []),
+        ("lipschitz", "lipschitz", []),
+    ],
+}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (passed to each benchmark)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--only", default="", help="comma-separated subset of the plan's records")
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default 1 on CPU)")
+    p.add_argument("--no-record", action="store_true",
+                   help="write CSVs to benchmarks/out/ only; leave benchmarks/results and the docs alone")
     args = p.parse_args(argv)
-    chosen = [b for b in args.only.split(",") if b] or list(BENCHMARKS)
-    unknown = set(chosen) - set(BENCHMARKS)
+    device = pick_device(args.device)
+    plan = PLANS["cuda" if device.type == "cuda" else "cpu"]
+    names = [name for name, _, _ in plan]
+    chosen = [b for b in args.only.split(",") if b] or names
+    unknown = set(chosen) - set(names)
     if unknown:
-        p.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        p.error(f"unknown benchmark(s) {sorted(unknown)}; this device's plan has {', '.join(names)}")
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
+    out_dir = (Path(__file__).resolve().parent / "out") if args.no_record else RESULTS / device.type
     failed = []
-    for name in chosen:
-        print(f"\n=== benchmarks.{name} ===", flush=True)
+    for name, module, extra in plan:
+        if name not in chosen:
+            continue
+        print(f"\n=== {name} (benchmarks.{module}) ===", flush=True)
+        out = out_dir / f"{name}.csv"
+        cmd = ["--device", device.type, *extra, "--out", str(out.with_suffix(".csv.new"))]
+        if threads:
+            cmd += ["--threads", str(threads)]
         try:
-            code = importlib.import_module(f"benchmarks.{name}").main(["--device", args.device])
+            torch.manual_seed(0)
+            code = importlib.import_module(f"benchmarks.{module}").main(cmd)
         except Exception:  # one broken benchmark must not hide the others
             traceback.print_exc()
             code = 1
-        if code:
+        new = out.with_suffix(".csv.new")
+        if code or not new.exists():
             failed.append(name)
+            new.unlink(missing_ok=True)
+        else:
+            new.replace(out)  # the recorded CSV changes only when the benchmark finished
+    if not args.no_record:
+        print(f"\nupdated {update_doc()}")
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
