@@ -202,6 +202,9 @@ def test_inductor_compiled_model_matches_eager():
 
 
 # ------------------------------------------------------------------ host syncs
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
 @contextlib.contextmanager
 def no_host_sync(monkeypatch):
     """Make every way of reading a tensor's value on the host raise."""
@@ -209,9 +212,25 @@ def no_host_sync(monkeypatch):
         raise AssertionError("host synchronisation inside the training step")
 
     with monkeypatch.context() as m:
-        for attr in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        for attr in HOST_READS:
             m.setattr(torch.Tensor, attr, forbidden)
         yield
+
+
+@contextlib.contextmanager
+def counting_host_reads(monkeypatch):
+    """Count the reads of tensor values on the host (each one a sync on CUDA)."""
+    count = [0]
+    with monkeypatch.context() as m:
+        for attr in HOST_READS:
+            original = getattr(torch.Tensor, attr)
+
+            def counted(*args, _original=original, **kwargs):
+                count[0] += 1
+                return _original(*args, **kwargs)
+
+            m.setattr(torch.Tensor, attr, counted)
+        yield count
 
 
 @pytest.mark.parametrize("normalizer", ["vanilla", "convnorm", "cayley", "ocnn"])
@@ -223,3 +242,22 @@ def test_a_training_step_never_reads_values_back_to_the_host(normalizer, monkeyp
         for x, y in data:
             loss, correct, seen = method.train_batch(x, y)
     assert torch.isfinite(loss)
+
+
+def test_pgd_reads_nothing_back_to_the_host_per_step(monkeypatch):
+    """PGD's inner loop runs on the device: the host reads of one evaluation
+    (per batch: input range check, validity counts, outcomes) do not grow
+    with the number of steps."""
+    from attacks import get_evaluator
+
+    torch.manual_seed(0)
+    model = build_model("convnet", get_normalizer("vanilla"), num_classes=10, in_channels=3, mean=(0.5,) * 3,
+                        std=(0.25,) * 3, batchnorm=False, width=0.25).eval()
+    x, y = torch.rand(8, 3, 12, 12), torch.randint(0, 10, (8,))
+    reads = {}
+    for steps in (2, 12):
+        pgd = get_evaluator("pgd", steps=steps)
+        with counting_host_reads(monkeypatch) as count:
+            pgd.run(model, x, y, generator=torch.Generator().manual_seed(0), batch_size=4)
+        reads[steps] = count[0]
+    assert reads[2] == reads[12] > 0
