@@ -1,0 +1,91 @@
+"""The benchmark scripts run (tiny sizes) and the report judges targets right."""
+import csv
+
+import pytest
+
+from benchmarks import attacks as attacks_bench
+from benchmarks import fast_path, lipschitz_models, normalizers, report
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_normalizer_benchmark_rows_name_where_and_how_they_were_measured(tmp_path):
+    out = tmp_path / "n.csv"
+    assert normalizers.main(["--device", "cpu", "--batches", "4,6", "--width", "0.0625", "--steps", "1",
+                             "--warmup", "0", "--only", "convnorm", "--threads", "1", "--out", str(out)]) == 0
+    rows = read(out)
+    assert [(r["normalizer"], r["batch"]) for r in rows] == [
+        ("vanilla", "4"), ("convnorm", "4"), ("vanilla", "6"), ("convnorm", "6")]
+    for r in rows:
+        for column in ("device", "device_name", "torch", "dtype", "batch", "command", "images_per_s",
+                       "time_vs_vanilla", "peak_mem_mb"):
+            assert r[column] != ""
+        assert r["command"].startswith("python -m benchmarks.normalizers") and "--out" not in r["command"]
+        assert float(r["images_per_s"]) > 0
+    assert all(float(r["time_vs_vanilla"]) == 1.0 for r in rows if r["normalizer"] == "vanilla")
+
+
+def test_fast_path_benchmark_compares_results_and_speed(tmp_path):
+    out = tmp_path / "f.csv"
+    assert fast_path.main(["--device", "cpu", "--normalizers", "vanilla,convnorm", "--switches",
+                           "optimizer=foreach,convnorm_fast", "--batch", "4", "--width", "0.0625", "--steps", "1",
+                           "--warmup", "0", "--threads", "1", "--out", str(out)]) == 0
+    rows = read(out)
+    assert [(r["switch"], r["normalizer"]) for r in rows] == [
+        ("optimizer=foreach", "vanilla"), ("optimizer=foreach", "convnorm"), ("convnorm_fast", "convnorm")]
+    for r in rows:
+        assert r["matches"] == "True" and float(r["rel_diff"]) <= 1e-4
+        assert r["verdict"] in ("on", "off")
+
+
+def test_attack_and_lipschitz_benchmarks_run(tmp_path):
+    out = tmp_path / "a.csv"
+    assert attacks_bench.main(["--device", "cpu", "--arch", "convnet", "--width", "0.25", "--batch", "4",
+                               "--iters", "3", "--loop-images", "1", "--repeats", "1", "--out", str(out)]) == 0
+    assert [r["measure"] for r in read(out)] == ["PGD-20", "SimBA batched", "SimBA one image at a time"]
+    out = tmp_path / "l.csv"
+    assert lipschitz_models.main(["--device", "cpu", "--arch", "convnet", "--width", "0.25", "--only", "sn",
+                                  "--out", str(out)]) == 0
+    assert [r["normalizer"] for r in read(out)] == ["vanilla", "sn"]
+
+
+def write_rows(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def env(**row):
+    return {**row, "device_name": "GPU X", "torch": "2.x", "cpu_threads": "", "date": "today",
+            "load_avg_1min": "", "command": "python -m benchmarks.normalizers"}
+
+
+def test_report_judges_each_target_from_the_recorded_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    write_rows(tmp_path / "cuda" / "normalizers.csv", [
+        env(normalizer="vanilla", batch=512, width=1.0, images_per_s=25000, time_vs_vanilla=1.0),
+        env(normalizer="convnorm", batch=512, width=1.0, images_per_s=15000, time_vs_vanilla=1.67),
+        env(normalizer="cayley", batch=512, width=1.0, images_per_s=9000, time_vs_vanilla=2.8),
+    ])
+    lines = {text: measured for text, measured, _ in report.targets()}
+    assert lines["GPU, ResNet-18, batch 512: vanilla free-AT replay >= 20,000 images/s"].startswith("**met**")
+    assert lines["GPU, batch 512: ConvNorm <= 1.4x vanilla's step time"].startswith("**not met**: 1.67x")
+    assert lines["GPU, batch 512: Cayley <= 3x vanilla's step time"].startswith("**met**")
+    assert lines["GPU: PGD-20 over the 10,000 test images <= 15 s (vanilla)"].startswith("not measured")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nprose stays\n")
+    report.update_doc(doc)
+    report.update_doc(doc)  # idempotent: one generated block, prose kept
+    text = doc.read_text()
+    assert text.count(report.START) == 1 and "prose stays" in text and "## Measured on CUDA" in text
+
+
+@pytest.mark.parametrize("only", ["nonsense"])
+def test_unknown_normalizer_is_one_clear_error(only, tmp_path):
+    with pytest.raises(SystemExit, match="unknown normalizer"):
+        normalizers.main(["--device", "cpu", "--only", only, "--out", str(tmp_path / "x.csv")])
