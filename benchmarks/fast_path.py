@@ -9,7 +9,9 @@ also cudnn_benchmark) and every normalizer it can affect, two free-AT replays
 (``benchmarks/replay.py``) are built from the same seed: the plain path
 (every switch off, SGD's per-parameter loop) and the plain path with that one
 switch on; channels_last is also measured on top of ConvNorm's fast path
-(the baseline column says which). Both first run ``--check-steps`` replays from the same state and
+(the baseline column says which), and bf16 autocast (``train.amp: bf16``,
+matching at bf16's tolerance, 2e-2) against fp32, which decides
+``speed.AMP_AUTO``. Both first run ``--check-steps`` replays from the same state and
 the logits of a fixed probe batch are compared (``rel_diff`` = max |a - b| /
 max |a|; it matches when at most ``--tolerance``, default 1e-4 in fp32, 2e-2
 under bf16 autocast); then both are timed interleaved (median of
@@ -32,6 +34,7 @@ import torch
 from benchmarks.common import Table, command_line
 from benchmarks.replay import FreeReplay, builtin_normalizers, median, pick_device, random_batch, sync, time_interleaved
 from robustbench_convnorm.config import SpeedConfig
+from robustbench_convnorm.speed import amp_auto
 
 OUT = Path(__file__).resolve().parent / "out" / "fast_path.csv"
 PLAIN = dict(channels_last="off", cudnn_benchmark="off", optimizer="for_loop", compile="off", convnorm_fast="off")
@@ -48,7 +51,11 @@ VARIANTS: Dict[str, Tuple[Dict[str, str], Dict[str, str], object]] = {
     "optimizer=fused": ({}, {"optimizer": "fused"}, None),
     "compile": ({}, {"compile": "on"}, None),
     "convnorm_fast": ({}, {"convnorm_fast": "on"}, ("convnorm",)),
+    # not a speed switch but train.amp (it changes the numbers beyond rounding,
+    # so it matches at bf16's tolerance): decides speed.AMP_AUTO
+    "amp=bf16": ({}, {"amp": "bf16"}, None),
 }
+BF16_TOLERANCE = 2e-2
 CUDA_ONLY = {"cudnn_benchmark"}
 MIN_SPEEDUP = 1.03
 
@@ -58,9 +65,11 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(name: str, base: Dict[str, str], change: Dict[str, str], args, device) -> Dict[str, object]:
+    change = dict(change)
+    fast_amp = change.pop("amp", args.amp)
     plain = FreeReplay(name, batch=args.batch, width=args.width, device=device, amp=args.amp,
                        speed_cfg=SpeedConfig(**{**PLAIN, **base}))
-    fast = FreeReplay(name, batch=args.batch, width=args.width, device=device, amp=args.amp,
+    fast = FreeReplay(name, batch=args.batch, width=args.width, device=device, amp=fast_amp,
                       speed_cfg=SpeedConfig(**{**PLAIN, **base, **change}))
     t0 = time.perf_counter()
     fast.step()  # the first call pays for compilation / autotuning; reported, not timed below
@@ -111,8 +120,8 @@ def main(argv=None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
     if args.threads:
         torch.set_num_threads(args.threads)
-    bf16 = args.amp == "bf16" or (args.amp == "auto" and on_cuda)
-    tolerance = args.tolerance if args.tolerance is not None else (2e-2 if bf16 else 1e-4)
+    bf16 = args.amp == "bf16" or (args.amp == "auto" and amp_auto(device))
+    tolerance = args.tolerance if args.tolerance is not None else (BF16_TOLERANCE if bf16 else 1e-4)
     wanted: List[str] = [s for s in args.switches.split(",") if s] or list(VARIANTS)
     unknown = set(wanted) - set(VARIANTS)
     if unknown:
@@ -131,13 +140,14 @@ def main(argv=None) -> int:
                 found = compare(name, base, change, args, device)
             except Exception as exc:  # a switch that breaks is a finding, not a crash
                 found = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-            matches = "error" not in found and float(found["rel_diff"]) <= tolerance
+            row_tolerance = BF16_TOLERANCE if change.get("amp") == "bf16" else tolerance
+            matches = "error" not in found and float(found["rel_diff"]) <= row_tolerance
             faster = "error" not in found and found["speedup"] >= MIN_SPEEDUP
             table.add({"switch": switch, "normalizer": name,
                        "baseline": "plain" + "".join(f" + {k}" for k in base),
                        "batch": args.batch, "width": args.width,
                        "dtype": "bf16 autocast" if bf16 else "float32", "steps": args.steps, **found,
-                       "tolerance": tolerance, "matches": matches, "verdict": "on" if matches and faster else "off"})
+                       "tolerance": row_tolerance, "matches": matches, "verdict": "on" if matches and faster else "off"})
     table.write(Path(args.out))
     print(table.markdown(["switch", "normalizer", "baseline", "plain_ms", "switched_ms", "speedup", "rel_diff", "matches",
                           "verdict"],

@@ -45,6 +45,8 @@ from typing import Dict, List
 import torch
 
 from benchmarks.common import Table, command_line
+from robustbench_convnorm.speed import amp_auto
+
 from benchmarks.replay import FreeReplay, builtin_normalizers, median, pick_device, time_interleaved
 
 OUT = Path(__file__).resolve().parent / "out" / "normalizers.csv"
@@ -137,7 +139,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed replays first (default: 5 on CUDA, 1 on CPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch's default)")
     p.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
-                   help="train.amp: auto = bf16 autocast on CUDA, off on CPU (FFTs stay fp32)")
+                   help="train.amp: bf16 autocast (FFTs stay fp32); auto = the run default (speed.AMP_AUTO)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--only", default="", help="comma-separated normalizers (vanilla is always included)")
     p.add_argument("--out", default=str(OUT), help="CSV path")
@@ -170,7 +172,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     names = select(builtin_normalizers(), args.only)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    dtype = "bf16 autocast" if args.amp == "bf16" or (args.amp == "auto" and on_cuda) else "float32"
+    dtype = "bf16 autocast" if args.amp == "bf16" or (args.amp == "auto" and amp_auto(device)) else "float32"
     table = Table("normalizers", device, command_line("benchmarks.normalizers", argv))
 
     for batch in batches:

@@ -14,8 +14,10 @@ Plans (sizes chosen so that a CPU run takes minutes, not hours):
   attacks; the Lipschitz diagnostics per layer and per model. One intra-op
   thread unless ``--threads`` says otherwise (see docs/benchmarks.md: two
   threads on a busy two-core machine measure the waiting, not the work).
-* CUDA: the same at width 1.0, batch 128 and 512 (bf16 autocast, the
-  training default on CUDA), the fast-path switches at batch 512.
+* CUDA: the same at width 1.0, batch 128 and 512 (the run defaults: fp32
+  until bf16 autocast is measured faster there), the fast-path switches
+  (bf16 among them) at batch 512. Each command of a lent GPU machine may be
+  limited in time: split the plan with ``--only``.
 """
 from __future__ import annotations
 

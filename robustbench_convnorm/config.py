@@ -90,7 +90,7 @@ class TrainConfig:
     replays: int = _opt(4, min=1, doc="free AT: m, replays of each minibatch")
     reset_delta: bool = _opt(False, doc="free AT: zero delta for each minibatch (ConvNorm code)")
     amp: str = _opt("auto", choices=["auto", "off", "bf16"],
-                    doc="auto: bf16 autocast on CUDA, off on CPU; FFTs always run in fp32")
+                    doc="bf16 autocast (FFTs always fp32); auto: where measured faster (speed.AMP_AUTO)")
     val_pgd_steps: int = _opt(10, min=0, doc="PGD steps for the per-epoch validation check (0: off)")
     val_examples: int = _opt(256, min=0, doc="fixed validation subset size checked each epoch (0: off)")
     checkpoint_every: int = _opt(1, min=1, doc="epochs between checkpoints")

@@ -12,10 +12,11 @@ tested in tests/test_speed.py.
 
 What is always on, because it is the design rather than a switch: data and
 augmentation live on the device (``data.DeviceBatches``), training metrics
-accumulate on the device with one host synchronisation per epoch, bf16
-autocast on CUDA is a training setting (``train.amp``, part of the run id),
-Cayley's Q is cached while the weights are fixed, and ConvNorm's filter is
-computed once per weight update.
+accumulate on the device with one host synchronisation per epoch, Cayley's Q
+is cached while the weights are fixed, and ConvNorm's filter is computed
+once per weight update. bf16 autocast is a training setting (``train.amp``,
+part of the run id, since it changes the numbers beyond rounding); its
+``auto`` follows :data:`AMP_AUTO`, measured like the switches.
 """
 from __future__ import annotations
 
@@ -47,11 +48,22 @@ MEASURED_DEFAULTS: Dict[str, Dict[str, object]] = {
     # run does not win back its cold compilation (docs/benchmarks.md).
     "cpu": {"channels_last": ("vanilla", "ocnn", "sn", "tn"), "cudnn_benchmark": False,
             "optimizer": "for_loop", "compile": False, "convnorm_fast": None},
-    "cuda": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "foreach",
+    "cuda": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "for_loop",
              "compile": False, "convnorm_fast": None},
 }
 
+#: ``train.amp: auto`` per device type: bf16 autocast (FFTs and complex solves
+#: stay fp32) where ``benchmarks.fast_path``'s ``amp=bf16`` row measured it
+#: faster and within bf16 rounding of fp32. Measured on CPU: slower (see
+#: docs/benchmarks.md); never measured on CUDA, hence off until it is.
+AMP_AUTO: Dict[str, bool] = {"cpu": False, "cuda": False}
+
 OPTIMIZER_IMPLS = ("for_loop", "foreach", "fused")
+
+
+def amp_auto(device: torch.device) -> bool:
+    """What ``train.amp: auto`` means on this device: bf16 autocast or not."""
+    return AMP_AUTO.get(device.type, False)
 
 
 @dataclass(frozen=True)

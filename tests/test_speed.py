@@ -261,3 +261,14 @@ def test_pgd_reads_nothing_back_to_the_host_per_step(monkeypatch):
             pgd.run(model, x, y, generator=torch.Generator().manual_seed(0), batch_size=4)
         reads[steps] = count[0]
     assert reads[2] == reads[12] > 0
+
+
+@pytest.mark.parametrize("measured", [False, True])
+def test_amp_auto_follows_the_measured_table(measured, monkeypatch):
+    monkeypatch.setitem(speed.AMP_AUTO, "cpu", measured)
+    with autocast_for("auto", CPU)():
+        assert torch.is_autocast_enabled("cpu") is measured
+    with autocast_for("bf16", CPU)():
+        assert torch.is_autocast_enabled("cpu")
+    with autocast_for("off", CPU)():
+        assert not torch.is_autocast_enabled("cpu")
