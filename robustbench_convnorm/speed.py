@@ -41,9 +41,9 @@ SWITCHES = ("channels_last", "cudnn_benchmark", "optimizer", "compile", "convnor
 #: turn on what it reports as faster and matching.
 MEASURED_DEFAULTS: Dict[str, Dict[str, object]] = {
     # CPU, 2026-11-21, ResNet-18 width 0.25, batch 128, 1 thread: channels_last
-    # 1.15-1.44x for vanilla, ocnn, sn, tn; not faster for cayley, oni and
+    # 1.15-1.34x for vanilla, ocnn, sn, tn; not faster for cayley, oni and
     # convnorm (plain or fast path). foreach and fused SGD within 2% of the
-    # loop. compile: 1.16x per step for vanilla and ocnn, 0.85x for convnorm
+    # loop. compile: 1.2x per step for vanilla and ocnn, 0.85x for convnorm
     # and cayley, neutral for the rest; left off (opt-in) because a CPU-sized
     # run does not win back its cold compilation (docs/benchmarks.md).
     "cpu": {"channels_last": ("vanilla", "ocnn", "sn", "tn"), "cudnn_benchmark": False,
