@@ -38,7 +38,7 @@ from typing import Callable, Dict, List
 import torch
 
 from benchmarks.common import Table, command_line
-from benchmarks.replay import pick_device
+from benchmarks.replay import fill_device_defaults, pick_device, sync
 
 from attacks import get_evaluator
 from attacks.simba import simba_attack
@@ -46,11 +46,6 @@ from robustbench_convnorm.models import build_model
 from robustbench_convnorm.normalizers import get_normalizer
 
 OUT = Path(__file__).resolve().parent / "out" / "attacks.csv"
-
-
-def sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], float], device: torch.device, repeats: int) -> List[Dict[str, float]]:
@@ -82,10 +77,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    fill_device_defaults(args, device)
     cuda = device.type == "cuda"
-    width = args.width if args.width is not None else (1.0 if cuda else 0.25)
+    width = args.width
     batch = args.batch or (500 if cuda else 50)
     images = args.images or batch
     iters = args.iters or (500 if cuda else 50)

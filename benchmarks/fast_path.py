@@ -32,9 +32,10 @@ from typing import Dict, List, Tuple
 import torch
 
 from benchmarks.common import Table, command_line
-from benchmarks.replay import FreeReplay, builtin_normalizers, median, pick_device, random_batch, sync, time_interleaved
+from benchmarks.replay import (FreeReplay, builtin_normalizers, fill_device_defaults, median, pick_device,
+                               random_batch, sync, time_interleaved)
 from robustbench_convnorm.config import SpeedConfig
-from robustbench_convnorm.speed import amp_auto
+from robustbench_convnorm.speed import uses_bf16
 
 OUT = Path(__file__).resolve().parent / "out" / "fast_path.csv"
 PLAIN = dict(channels_last="off", cudnn_benchmark="off", optimizer="for_loop", compile="off", convnorm_fast="off")
@@ -115,12 +116,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
     on_cuda = device.type == "cuda"
-    args.width = args.width if args.width is not None else (1.0 if on_cuda else 0.25)
-    args.steps = args.steps if args.steps is not None else (20 if on_cuda else 5)
-    args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bf16 = args.amp == "bf16" or (args.amp == "auto" and amp_auto(device))
+    fill_device_defaults(args, device)
+    bf16 = uses_bf16(args.amp, device)
     tolerance = args.tolerance if args.tolerance is not None else (BF16_TOLERANCE if bf16 else 1e-4)
     wanted: List[str] = [s for s in args.switches.split(",") if s] or list(VARIANTS)
     unknown = set(wanted) - set(VARIANTS)

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.common import Table, command_line
 from benchmarks.normalizers import select
-from benchmarks.replay import CIFAR_MEAN, CIFAR_STD, builtin_normalizers, pick_device, sync
+from benchmarks.replay import CIFAR_MEAN, CIFAR_STD, builtin_normalizers, fill_device_defaults, pick_device, sync
 from robustbench_convnorm.lipschitz import model_report
 from robustbench_convnorm.models import build_model
 from robustbench_convnorm.normalizers import get_normalizer
@@ -37,10 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    width = args.width if args.width is not None else (1.0 if device.type == "cuda" else 0.25)
+    fill_device_defaults(args, device)
+    width = args.width
     table = Table("lipschitz_models", device, command_line("benchmarks.lipschitz_models", argv))
     for name in select(builtin_normalizers(), args.only):
         torch.manual_seed(0)

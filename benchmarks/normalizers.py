@@ -45,9 +45,10 @@ from typing import Dict, List
 import torch
 
 from benchmarks.common import Table, command_line
-from robustbench_convnorm.speed import amp_auto
+from robustbench_convnorm.speed import uses_bf16
 
-from benchmarks.replay import FreeReplay, builtin_normalizers, median, pick_device, time_interleaved
+from benchmarks.replay import (FreeReplay, builtin_normalizers, fill_device_defaults, median, pick_device,
+                               time_interleaved)
 
 OUT = Path(__file__).resolve().parent / "out" / "normalizers.csv"
 
@@ -165,14 +166,10 @@ def main(argv=None) -> int:
         return 0
     device = pick_device(args.device)
     on_cuda = device.type == "cuda"
-    args.width = args.width if args.width is not None else (1.0 if on_cuda else 0.25)
-    args.steps = args.steps if args.steps is not None else (20 if on_cuda else 5)
-    args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    fill_device_defaults(args, device)
     names = select(builtin_normalizers(), args.only)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    dtype = "bf16 autocast" if args.amp == "bf16" or (args.amp == "auto" and amp_auto(device)) else "float32"
+    dtype = "bf16 autocast" if uses_bf16(args.amp, device) else "float32"
     table = Table("normalizers", device, command_line("benchmarks.normalizers", argv))
 
     for batch in batches:
@@ -183,11 +180,11 @@ def main(argv=None) -> int:
         times = time_interleaved({n: r.step for n, r in replays.items()}, device,
                                  warmup=args.warmup, repeats=args.steps)
         saved = {name: saved_for_backward_bytes(r) for name, r in replays.items()}
+        switches = {name: r.switches.as_dict() for name, r in replays.items()}
         if on_cuda:
             memory = {name: cuda_memory(r) for name, r in replays.items()}
             mem_method = "cuda max_memory_allocated - memory_allocated before the replay"
         else:
-            switches = {name: r.switches.as_dict() for name, r in replays.items()}
             del replays  # the memory children need the RAM
             found = {name: cpu_memory(name, batch, args) for name in names}
             memory = {name: v["peak_growth_bytes"] for name, v in found.items()}
@@ -206,8 +203,7 @@ def main(argv=None) -> int:
                 "mem_vs_vanilla": round(memory[name] / base_m, 2) if base_m > 0 else "",
                 "saved_for_backward_mb": round(saved[name] / 2 ** 20, 1),
                 "mem_method": mem_method,
-                "switches": json.dumps(replays[name].switches.as_dict() if on_cuda else switches[name],
-                                       sort_keys=True),
+                "switches": json.dumps(switches[name], sort_keys=True),
             })
     table.write(Path(args.out))
     print(table.markdown(

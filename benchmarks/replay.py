@@ -20,11 +20,28 @@ from robustbench_convnorm import speed
 from robustbench_convnorm.config import SpeedConfig, TrainConfig
 from robustbench_convnorm.models import build_model
 from robustbench_convnorm.normalizers import NORMALIZERS, get_normalizer, list_normalizers
-from robustbench_convnorm.training.loop import autocast_for
+from robustbench_convnorm.training.loop import autocast_for, make_optimizer
 from robustbench_convnorm.training.methods import METHODS
 from robustbench_convnorm.training.schedules import make_scheduler
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+#: What an unset --width / --steps / --warmup means: the real ResNet-18 and
+#: more repeats on a GPU, a quarter width on a CPU so that a plan takes minutes.
+DEVICE_DEFAULTS = {"cuda": {"width": 1.0, "steps": 20, "warmup": 5},
+                   "cpu": {"width": 0.25, "steps": 5, "warmup": 1}}
+
+
+def fill_device_defaults(args, device: torch.device) -> None:
+    """Give the options a benchmark has and left unset (None) their value for
+    this device type, and set torch's intra-op threads when --threads asks."""
+    defaults = DEVICE_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    for name, value in defaults.items():
+        if getattr(args, name, value) is None:
+            setattr(args, name, value)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
 
 
 def builtin_normalizers() -> List[str]:
@@ -63,8 +80,7 @@ class FreeReplay:
         forward = speed.prepare_model(self.model, self.switches, log=lambda *_: None)
         self.cfg = TrainConfig(method="free", batch_size=batch, lr=0.01, replays=1, eps=8 / 255,
                                schedule="constant", amp=amp)
-        self.optimizer = speed.make_sgd(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                        weight_decay=self.cfg.weight_decay, impl=self.switches.optimizer)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.switches.optimizer)
         scheduler = make_scheduler(self.optimizer, self.cfg, steps_per_epoch=1)
         model = self.model
         self.method = METHODS.get("free")(self.cfg, model, self.optimizer, scheduler,

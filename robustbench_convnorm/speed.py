@@ -63,9 +63,10 @@ AMP_AUTO: Dict[str, bool] = {"cpu": False, "cuda": False}
 OPTIMIZER_IMPLS = ("for_loop", "foreach", "fused")
 
 
-def amp_auto(device: torch.device) -> bool:
-    """What ``train.amp: auto`` means on this device: bf16 autocast or not."""
-    return AMP_AUTO.get(device.type, False)
+def uses_bf16(amp: str, device: torch.device) -> bool:
+    """Whether ``train.amp`` (auto / off / bf16) trains under bf16 autocast on
+    this device; ``auto`` follows :data:`AMP_AUTO`."""
+    return amp == "bf16" or (amp == "auto" and AMP_AUTO.get(device.type, False))
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,7 @@ def make_sgd(params, *, lr, momentum, weight_decay, nesterov=False, impl: str = 
     (multi-tensor) launch per operation, or the fused kernel. Same update."""
     if impl not in OPTIMIZER_IMPLS:
         raise ValueError(f"speed.optimizer must be one of {', '.join(OPTIMIZER_IMPLS)}, got {impl!r}")
-    kwargs = {"foreach": impl == "foreach"}
-    if impl == "fused":
-        kwargs = {"fused": True}
+    kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                                 **kwargs)
     if impl == "fused":

@@ -10,7 +10,7 @@ from robustbench_convnorm import speed
 from robustbench_convnorm.config import ConfigError, SpeedConfig, TrainConfig, config_from_dict, expand_grid
 from robustbench_convnorm.models import build_model
 from robustbench_convnorm.normalizers import get_normalizer
-from robustbench_convnorm.training.loop import autocast_for
+from robustbench_convnorm.training.loop import autocast_for, make_optimizer
 from robustbench_convnorm.training.methods import METHODS
 from robustbench_convnorm.training.schedules import make_scheduler
 
@@ -34,8 +34,7 @@ def free_trainer(normalizer, switches: SpeedConfig, *, width=0.25, batch=6, seed
     resolved = speed.resolve(switches, CPU)
     forward = speed.prepare_model(model, resolved, log=lambda *_: None)
     cfg = TrainConfig(method="free", batch_size=batch, lr=0.05, replays=2, eps=8 / 255, schedule="constant")
-    opt = speed.make_sgd(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                         impl=resolved.optimizer)
+    opt = make_optimizer(model, cfg, resolved.optimizer)
     sched = make_scheduler(opt, cfg, steps_per_epoch=100)
     method = METHODS.get("free")(cfg, model, opt, sched, lambda: norm.penalty(model), autocast_for("off", CPU), CPU,
                                  forward=forward)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import load_checkpoint, restore_rng_states, rng_states, save_atomic
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
-from ..speed import amp_auto, make_sgd
+from ..speed import make_sgd, uses_bf16
 from .methods import METHODS
 from .schedules import make_scheduler
 
@@ -47,11 +47,8 @@ class TrainResult:
 def autocast_for(amp: str, device: torch.device) -> Callable:
     """bf16 autocast (FFT-based layers keep their FFTs in fp32) when asked
     for, or under ``auto`` where it was measured faster (speed.AMP_AUTO)."""
-    use = amp == "bf16" or (amp == "auto" and amp_auto(device))
-    if use and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    if use and device.type == "cpu":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    if uses_bf16(amp, device):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
