@@ -2,26 +2,15 @@
 ``weights_only=True``."""
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
+from . import atomic
+
 
 def save_atomic(obj: Dict[str, Any], path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic.torch_save(obj, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from . import atomic
 
 RECORD = "record.json"
 SCHEMA = 1
@@ -18,26 +18,8 @@ _PACKAGES = ("torch", "torchattacks", "numpy", "pandas", "robustbench_convnorm")
 
 
 def write_json_atomic(obj: Any, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _jsonable(obj):
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
+    """The record (or any JSON) written atomically; see atomic.py."""
+    atomic.write_json(path, obj)
 
 
 def read_record(run_dir) -> Optional[Dict[str, Any]]:

@@ -17,12 +17,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
-from . import speed
+from . import atomic, speed
 from .config import ConfigError, RunSpec, expand_grid, load_config, to_dict
+from .lock import LOCK_FILE, LockLost, RunLocked, acquire, read_lock
 from .data import DataError, list_sources, load_full, prepare_data
 from .models import list_models
 from .normalizers import list_normalizers
@@ -30,6 +31,8 @@ from .records import RECORD, new_record, read_record, write_json_atomic
 from .registry import RegistryError
 
 PER_EXAMPLE = "per_example.csv"
+#: status of a run that another live worker holds (not written to any record)
+LOCKED = "locked"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,8 +93,31 @@ class DataCache:
 
 
 def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, force=False, resume=True,
-                eval_only=False, log=print) -> Dict:
-    """Train and evaluate one run; always leaves a record saying how it ended."""
+                eval_only=False, log=print, owner: Optional[str] = None) -> Dict:
+    """Train and evaluate one run; always leaves a record saying how it ended.
+    The run's lock (lock.py) makes sure one worker alone works on it; a run
+    held by a live worker is skipped (status ``locked``, nothing written)."""
+
+    run_dir = spec.run_dir
+    try:
+        lock = acquire(run_dir, owner=owner)
+    except RunLocked as err:  # another worker trains it; its record will say how it ended
+        log(f"[skip] {err}")
+        return {"run_id": spec.run_id, "status": LOCKED, "holder": err.holder}
+    try:
+        if lock.took_over:
+            log(f"  {lock.took_over}")
+        atomic.remove_orphan_temps(run_dir)
+        return _execute_locked(spec, device, data_cache, lock, force=force, resume=resume,
+                               eval_only=eval_only, log=log)
+    except LockLost as err:  # taken over while this worker stalled: the new holder writes
+        log(f"[stopped] {err}")
+        return {"run_id": spec.run_id, "status": LOCKED, "holder": read_lock(run_dir)}
+    finally:
+        lock.release()
+
+
+def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, eval_only, log) -> Dict:
     from .builders import build_run_model, model_meta
     from .checkpoints import load_checkpoint
     from .training import CHECKPOINT, train_run
@@ -101,15 +127,18 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
     if old and old.get("status") == "finished" and not force and not eval_only:
         log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
         return old
-    if force and not eval_only and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if force and not eval_only:
+        # everything but the lock this worker holds
+        for path in run_dir.iterdir():
+            if path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     record = new_record(spec, str(device))
     if eval_only and old:
         record["timings"], record["params"] = old.get("timings", {}), old.get("params")
     write_json_atomic(record, run_dir / RECORD)
 
     def finish(status, error=None):
+        lock.ensure_held()  # never overwrite the record of a worker that took the run over
         record["status"], record["error"] = status, error
         write_json_atomic(record, run_dir / RECORD)
         return record
@@ -143,9 +172,8 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
             if result.status != "finished":
                 return finish(result.status, result.error)
         per_example = evaluate_into(record, model, data, spec, device, log, run_dir)
-        tmp = run_dir / (PER_EXAMPLE + ".tmp")
-        per_example.to_csv(tmp, index=False)
-        tmp.replace(run_dir / PER_EXAMPLE)
+        lock.ensure_held()
+        atomic.write_csv(run_dir / PER_EXAMPLE, per_example)
         return finish("finished")
     except KeyboardInterrupt:
         if record["status"] != "interrupted":
@@ -255,8 +283,11 @@ def main(argv=None) -> int:
         return 130
     finally:
         _leaderboard(cfg.output_dir)
-    failed = [r["run_id"] for r in records if r.get("status") != "finished"]
-    print(f"done: {len(records) - len(failed)} finished, {len(failed)} not" + (f" ({', '.join(failed)})" if failed else ""))
+    held = [r["run_id"] for r in records if r.get("status") == LOCKED]
+    failed = [r["run_id"] for r in records if r.get("status") not in ("finished", LOCKED)]
+    print(f"done: {len(records) - len(failed) - len(held)} finished, {len(failed)} not"
+          + (f" ({', '.join(failed)})" if failed else "")
+          + (f", {len(held)} held by other workers" if held else ""))
     return 1 if failed else 0
 
 

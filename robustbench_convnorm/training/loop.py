@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .. import atomic
 from ..checkpoints import load_checkpoint, restore_rng_states, rng_states, save_atomic
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
@@ -98,13 +100,12 @@ def validate(model, subset, train_cfg, batch_size: int):
 
 
 def write_log(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
-    tmp = run_dir / (TRAIN_LOG + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
-    os.replace(tmp, run_dir / TRAIN_LOG)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
+    atomic.write_text(run_dir / TRAIN_LOG, buf.getvalue())
 
 
 def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=print, forward=None,

@@ -1,0 +1,165 @@
+"""Atomic file writes: the one way this project writes a file that a reader,
+a resumed run or a concurrent worker may open.
+
+Every write goes to a temporary file that no other writer can share (its name
+holds the host, the pid and a random part), is flushed to disk, and then
+renamed over the target, so a reader sees the old file or the new one, never
+half of either. A process killed mid-write leaves only its temporary file,
+which :func:`remove_orphan_temps` deletes once its writer is gone.
+
+    from robustbench_convnorm import atomic
+    atomic.write_json(record, run_dir / "record.json")
+    atomic.write_text(md, out / "leaderboard.md")
+    atomic.save_figure(fig, out / "plot.png", dpi=120)
+    atomic.torch_save(state, run_dir / "checkpoint.pt")
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Optional, Union
+
+__all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_figure", "torch_save",
+           "write_csv", "remove_orphan_temps", "temp_name", "TEMP_SUFFIX", "pid_alive"]
+
+PathLike = Union[str, os.PathLike]
+TEMP_SUFFIX = ".tmp"
+# .<target name>.<host>.<pid>.<random>.tmp
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[^.]*)\.(?P<pid>\d+)\.(?P<rand>[0-9a-f]{8})\.tmp$")
+
+
+def _host() -> str:
+    # dots would make the name ambiguous to parse back
+    return socket.gethostname().split(".")[0].replace(".", "_") or "host"
+
+
+def temp_name(target: Path) -> Path:
+    """A temporary path beside ``target`` that no other process or call will pick."""
+    return target.with_name(f".{target.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool = True) -> Path:
+    """Call ``write(tmp)`` to fill a unique temporary file, then rename it over
+    ``path``. On any error (Ctrl-C included) the temporary file is removed and
+    ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+    return path
+
+
+def write_bytes(path: PathLike, data: bytes, **kw) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), **kw)
+
+
+def write_text(path: PathLike, text: str, **kw) -> Path:
+    def _write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return atomic_write(path, _write, **kw)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return obj.item()
+        except (ValueError, RuntimeError):
+            pass
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def write_json(path: PathLike, obj: Any, *, indent: Optional[int] = 2, **kw) -> Path:
+    """JSON (numpy and torch scalars become numbers), with a final newline."""
+    return write_text(path, json.dumps(obj, indent=indent, default=_jsonable) + "\n", **kw)
+
+
+def write_csv(path: PathLike, frame, **to_csv_kw) -> Path:
+    """A pandas DataFrame as CSV (``index=False`` unless given)."""
+    to_csv_kw.setdefault("index", False)
+    return write_text(path, frame.to_csv(**to_csv_kw))
+
+
+def save_figure(fig, path: PathLike, **savefig_kw) -> Path:
+    """A matplotlib figure; the format follows the target's suffix."""
+    path = Path(path)
+    savefig_kw.setdefault("format", path.suffix.lstrip(".") or "png")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, **savefig_kw))
+
+
+def torch_save(obj: Any, path: PathLike) -> Path:
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_orphan_temps(folder: PathLike, *, recursive: bool = False) -> List[Path]:
+    """Delete temporary files left in ``folder`` by writers that died (same host,
+    pid gone). Files of live writers, or of other hosts, are left alone: their
+    writers may still rename them. Returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = _host()
+    removed: List[Path] = []
+    candidates: Iterable[Path] = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
+    for path in candidates:
+        m = _TEMP_RE.match(path.name)
+        if not m or m.group("host") != host:
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
