@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Union
 
 __all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_figure", "torch_save",
-           "write_csv", "remove_orphan_temps", "temp_name", "TEMP_SUFFIX", "pid_alive"]
+           "set_writes_enabled", "writes_enabled", "write_csv", "remove_orphan_temps", "temp_name", "TEMP_SUFFIX", "pid_alive"]
 
 PathLike = Union[str, os.PathLike]
 TEMP_SUFFIX = ".tmp"
@@ -55,11 +55,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_WRITES_ENABLED = True
+
+
+def set_writes_enabled(enabled: bool) -> None:
+    """Switch every write of this module on or off for the whole process. The
+    data-parallel ranks other than 0 run with writes off (distributed.py):
+    they compute what rank 0 writes, and must not race it for the same files."""
+    global _WRITES_ENABLED
+    _WRITES_ENABLED = bool(enabled)
+
+
+def writes_enabled() -> bool:
+    return _WRITES_ENABLED
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool = True) -> Path:
     """Call ``write(tmp)`` to fill a unique temporary file, then rename it over
     ``path``. On any error (Ctrl-C included) the temporary file is removed and
-    ``path`` is left as it was."""
+    ``path`` is left as it was. With writes switched off, nothing is written."""
     path = Path(path)
+    if not _WRITES_ENABLED:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:

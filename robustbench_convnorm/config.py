@@ -141,6 +141,8 @@ class Config:
     grid: Dict[str, List[Any]] = _opt(factory=dict,
                                       doc="extra grid axes: {dotted.key: [values]}")
     name: Optional[str] = _opt(None, doc="experiment name (for humans)")
+    launcher: Dict[str, Any] = _opt(factory=dict,
+                                    doc="how the grid is launched (SLURM, local workers, DDP; launch/options.py)")
 
 
 # ---------------------------------------------------------------- parsing
@@ -387,7 +389,7 @@ class RunSpec:
 
 #: Sections that do not change what is trained: a run keeps its id (and its
 #: checkpoint) when only these change, so it can be re-evaluated.
-_NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid")
+_NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "launcher")
 
 
 def run_identity(cfg: Config) -> Dict[str, Any]:

@@ -13,7 +13,10 @@ the lock skips the run. A lock is taken over when it is stale:
 
 - its process is gone (same host; the start time guards against a reused pid);
 - or its heartbeat is older than ``stale_after`` seconds (any host: a killed
-  node cannot clean up).
+  node cannot clean up);
+- or it was taken by an earlier incarnation of this process's SLURM job (same
+  job id, lower ``SLURM_RESTART_COUNT``): the job was requeued (preempted,
+  timed out) and may have restarted on another node.
 
 Taking over goes through a second file (``.lock.takeover``, also created
 with O_EXCL), so two workers that find the same stale lock cannot both win.
@@ -86,6 +89,14 @@ def _job_id() -> Optional[str]:
     return env.get("SLURM_JOB_ID")
 
 
+def _job_restart() -> int:
+    """How often SLURM has requeued this job (0 outside SLURM)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
 def describe_holder(holder: Dict[str, Any]) -> str:
     parts = [f"pid {holder.get('pid')} on {holder.get('host')}"]
     if holder.get("job_id"):
@@ -127,6 +138,11 @@ def lock_is_stale(holder: Dict[str, Any], stale_after: float = None) -> Optional
     """Why a held lock may be taken over, or None if its owner is alive."""
     stale_after = STALE_AFTER_SECONDS if stale_after is None else stale_after
     age = holder.get("_heartbeat_age", 0.0)
+    mine = _job_id()
+    if mine and holder.get("job_id") == mine and int(holder.get("job_restart") or 0) < _job_restart():
+        # an earlier incarnation of this very job, requeued since (preempted, timed
+        # out, node failure): it cannot be running, wherever its node is
+        return f"it was held by this SLURM job ({mine}) before it was requeued"
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         pid = holder["pid"]
         if not pid_alive(pid):
@@ -204,8 +220,8 @@ def _create(run_dir: Path, owner: Optional[str]) -> Optional[str]:
     token = secrets.token_hex(8)
     now = _now()
     content = {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
-               "job_id": _job_id(), "owner": owner, "started": _iso(now), "heartbeat_unix": now,
-               "token": token}
+               "job_id": _job_id(), "job_restart": _job_restart(), "owner": owner, "started": _iso(now),
+               "heartbeat_unix": now, "token": token}
     try:
         fd = os.open(run_dir / LOCK_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

@@ -54,6 +54,7 @@ def git_sha() -> Optional[str]:
 
 def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
     from .config import to_dict
+    from .distributed import record_fields
 
     cfg = spec.config
     entry = spec.normalizer
@@ -86,4 +87,5 @@ def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
         "device": device,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data_note": data_note,
+        **record_fields(),  # world_size (and the DDP settings under torchrun)
     }

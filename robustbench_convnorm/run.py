@@ -1,12 +1,15 @@
 """The main command.
 
     python -m robustbench_convnorm.run CONFIG [--set key.path=value ...]
-        [--dry-run] [--list] [--resume] [--force] [--eval-only] [--only TEXT]
+        [--dry-run [--json]] [--list] [--resume] [--force] [--eval-only] [--only TEXT]
+        [--shard I/N | --run-id ID | --launcher slurm|local ...]
+    torchrun --nproc_per_node=N -m robustbench_convnorm.run CONFIG   (data-parallel runs)
 
 Expands the config into a grid of runs; for each: prepare data, build the
 model, train (resuming when a checkpoint exists), evaluate, write the record.
 A failed run is recorded as failed and the grid goes on; the leaderboard is
-rebuilt from the records at the end.
+rebuilt from the records at the end (by the last worker, when workers share
+the grid: docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import atomic, speed
+from . import atomic, distributed, launch, speed
 from .config import ConfigError, RunSpec, expand_grid, load_config, to_dict
 from .lock import LOCK_FILE, LockLost, RunLocked, acquire, read_lock
 from .data import DataError, list_sources, load_full, prepare_data
+from .launch import merge
 from .models import list_models
 from .normalizers import list_normalizers
 from .records import RECORD, new_record, read_record, write_json_atomic
@@ -100,7 +104,7 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
 
     run_dir = spec.run_dir
     try:
-        lock = acquire(run_dir, owner=owner)
+        lock = distributed.acquire_lock(run_dir, owner=owner)  # lock.acquire; under DDP rank 0's
     except RunLocked as err:  # another worker trains it; its record will say how it ended
         log(f"[skip] {err}")
         return {"run_id": spec.run_id, "status": LOCKED, "holder": err.holder}
@@ -127,7 +131,7 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
     if old and old.get("status") == "finished" and not force and not eval_only:
         log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
         return old
-    if force and not eval_only:
+    if force and not eval_only and atomic.writes_enabled():  # (DDP: rank 0 alone)
         # everything but the lock this worker holds
         for path in run_dir.iterdir():
             if path.name != LOCK_FILE:
@@ -195,10 +199,12 @@ def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir
 
     cfg = spec.config
     model.eval()
+    distributed.sync_model(model)  # DDP: every rank evaluates rank 0's model
     t0 = time.perf_counter()
     eval_cfg = to_dict(cfg.eval)
     eval_cfg.pop("lipschitz")  # ours, not the attack protocol's
-    report = evaluate(model, data.test_x.to(device), data.test_y.to(device), eval_cfg, device=device, log=log)
+    report = evaluate(model, data.test_x.to(device), data.test_y.to(device), eval_cfg, device=device, log=log,
+                      **distributed.evaluate_kwargs(evaluate))  # DDP: sharded and gathered
     record["metrics"].update(report.metrics)
     record["flags"] = sorted(set(record["flags"]) | set(report.flags))
     record["evaluations"] = report.details
@@ -244,6 +250,7 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="redo finished runs from scratch")
     p.add_argument("--eval-only", action="store_true", help="evaluate existing checkpoints, no training")
     p.add_argument("--only", metavar="TEXT", help="only runs whose id contains TEXT")
+    launch.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -259,21 +266,52 @@ def main(argv=None) -> int:
         return 2
     try:
         cfg = load_config(args.config, args.overrides)
-        specs = expand_grid(cfg, source=args.config)
+        grid = expand_grid(cfg, source=args.config)
         if args.only:
-            specs = [s for s in specs if args.only in s.run_id]
+            grid = [s for s in grid if args.only in s.run_id]
+        opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
+        specs, shard = launch.select_runs(grid, args)  # --run-id, --shard, a SLURM array's part, or all
         preflight(specs, args.config)
         device = resolve_device(cfg.device)
+        if args.launcher and distributed.requested():
+            raise ConfigError("--launcher under torchrun: launch without torchrun (launcher.tasks_per_node "
+                              "makes each SLURM task data-parallel)")
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if args.dry_run and args.json:
+        print(json.dumps(launch.grid_json(grid, shard, config=args.config, overrides=args.overrides,
+                                          device=str(device)), indent=2, default=str))
+        return 0
     if args.dry_run:
+        if shard is not None:
+            print(f"shard {shard} ({shard.source}): {len(specs)} of {len(grid)} run(s)")
         print_grid(specs)
         print(f"device: {device}; output: {Path(cfg.output_dir) / 'runs'}")
-        return 0
+        if not args.launcher:
+            return 0
+    if args.launcher:
+        try:
+            return launch.launch(args.launcher, cfg, specs, grid, opts, args=args, device=device)
+        except ConfigError as err:
+            print(f"config error: {err}", file=sys.stderr)
+            return 2
+    try:
+        ddp = distributed.setup(device, sync_batchnorm=opts.sync_batchnorm)  # under torchrun only
+    except ValueError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return _run_specs(args, cfg, grid, specs, shard, ddp.device if ddp else device, ddp)
+    finally:
+        distributed.teardown()
 
+
+def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
     cache, records = DataCache(), []
-    print(f"{len(specs)} run(s) on {device}, writing to {cfg.output_dir}")
+    where = f"shard {shard} of the grid, " if shard is not None else ""
+    ranks = f" x {ddp.world_size} ranks ({ddp.backend})" if ddp else ""
+    print(f"{len(specs)} run(s) on {device}{ranks}, {where}writing to {cfg.output_dir}")
     try:
         for i, spec in enumerate(specs, 1):
             print(f"[{i}/{len(specs)}] {spec.run_id}")
@@ -282,7 +320,11 @@ def main(argv=None) -> int:
         print("\nstopped by Ctrl-C; finished runs are kept, rerun the same command to continue", file=sys.stderr)
         return 130
     finally:
-        _leaderboard(cfg.output_dir)
+        if distributed.is_writer():
+            if shard is not None or args.run_id is not None:  # part of a grid: the last worker builds
+                merge.build_if_complete(grid, cfg.output_dir)
+            else:
+                _leaderboard(cfg.output_dir)
     held = [r["run_id"] for r in records if r.get("status") == LOCKED]
     failed = [r["run_id"] for r in records if r.get("status") not in ("finished", LOCKED)]
     print(f"done: {len(records) - len(failed) - len(held)} finished, {len(failed)} not"
@@ -292,16 +334,9 @@ def main(argv=None) -> int:
 
 
 def _leaderboard(output_dir) -> None:
-    try:
-        from .leaderboard import build_leaderboard
-    except ImportError:
-        return
-    try:
-        paths = build_leaderboard(output_dir)
-        if paths:
-            print(f"leaderboard: {', '.join(str(p) for p in paths.values())}")
-    except Exception as err:  # the records are the truth; a table can be rebuilt later
-        print(f"leaderboard not built: {err.__class__.__name__}: {err}", file=sys.stderr)
+    """Rebuild the leaderboard (under the output's leaderboard lock; skipped
+    when the records did not change since the last build)."""
+    merge.build_once(output_dir)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .. import atomic
+from .. import atomic, distributed
 from ..checkpoints import load_checkpoint, restore_rng_states, rng_states, save_atomic
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
@@ -123,6 +123,7 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
                             seed=spec.seed)
     if len(batches) == 0:
         raise ValueError(f"no training batches: {len(train_y)} examples; lower train.batch_size")
+    forward = distributed.wrap_model(model, forward, log)  # DDP under torchrun, else unchanged
     optimizer = make_optimizer(model, tc, optimizer_impl)
     method_cls = METHODS.get(tc.method)
     steps_per_epoch = len(batches) * method_cls.optimizer_steps_per_batch(tc)
@@ -136,7 +137,7 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
     rows: List[Dict[str, Any]] = []
     start_epoch, train_seconds = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
-    if resume and ckpt_path.exists():
+    if distributed.agree(resume and ckpt_path.exists()):  # rank 0 decides for every rank
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -170,10 +171,12 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
-            bar = tqdm(batches, desc=f"  epoch {epoch + 1}/{tc.epochs}", leave=False, disable=None)
+            bar = tqdm(distributed.shard_batches(batches, method), desc=f"  epoch {epoch + 1}/{tc.epochs}",
+                       leave=False, disable=None)
             for x, y in bar:
                 l, c, n = method.train_batch(x, y)
                 loss_sum, correct, seen = loss_sum + l, correct + c, seen + n
+            loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)
             lr = optimizer.param_groups[0]["lr"]
             loss = float(loss_sum) / seen      # the one host synchronisation of the epoch
             seconds = time.perf_counter() - t0
@@ -195,7 +198,7 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             done = epoch + 1
             if done % tc.checkpoint_every == 0 or done == tc.epochs:
                 checkpoint(done, done == tc.epochs)
-                if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(done):
+                if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(done) and distributed.is_writer():
                     os.kill(os.getpid(), signal.SIGKILL)
             epochs_this_process += 1
             if tc.stop_after_epochs is not None and epochs_this_process >= tc.stop_after_epochs \

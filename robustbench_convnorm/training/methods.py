@@ -24,6 +24,9 @@ class Method:
         self.penalty, self.autocast, self.device = penalty, autocast, device
         # Randomness of perturbations (fgsm_rs starts) lives on the device.
         self.generator = torch.Generator(device=device)
+        # Under DDP: this rank's slice of the current global batch
+        # (distributed.BatchShard: lo, hi, n, weight, gather); None otherwise.
+        self.shard = None
 
     @staticmethod
     def optimizer_steps_per_batch(train_cfg) -> int:
@@ -36,9 +39,14 @@ class Method:
             loss = F.cross_entropy(logits.float(), y)
         return loss, logits
 
+    def weighted(self, loss):
+        """The loss to differentiate: under DDP the rank's mean weighted by its
+        share of the global batch (distributed.BatchShard.weight)."""
+        return loss if self.shard is None else loss * self.shard.weight
+
     def sgd_step(self, x, y):
         loss, logits = self.loss(x, y)
-        total = loss + self.penalty()
+        total = self.weighted(loss) + self.penalty()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -81,23 +89,29 @@ class Free(Method):
 
     def train_batch(self, x, y):
         b = len(y)
+        # rows of delta this process perturbs: the batch (a smaller last batch
+        # uses a prefix), or under DDP this rank's slice of the global batch
+        lo, hi = (0, b) if self.shard is None else (self.shard.lo, self.shard.hi)
         if self.delta is None:
             self.delta = torch.zeros((self.cfg.batch_size,) + tuple(x.shape[1:]), device=x.device)
         if self.cfg.reset_delta:
             self.delta.zero_()
         loss_sum = correct = 0
         for _ in range(self.cfg.replays):
-            d = self.delta[:b].clone().requires_grad_(True)  # a smaller last batch uses a prefix
+            d = self.delta[lo:hi].clone().requires_grad_(True)
             loss, logits = self.loss((x + d).clamp(0, 1), y)
-            total = loss + self.penalty()
+            total = self.weighted(loss) + self.penalty()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
             self.scheduler.step()
             with torch.no_grad():
-                self.delta[:b] = (d + self.step * d.grad.sign()).clamp(-self.eps, self.eps)
+                self.delta[lo:hi] = (d + self.step * d.grad.sign()).clamp(-self.eps, self.eps)
             l, c, _ = self.tally(loss.detach(), logits.detach(), y)
             loss_sum, correct = loss_sum + l, correct + c
+        if self.shard is not None:  # every rank keeps the whole batch's delta: checkpoints, uneven batches
+            with torch.no_grad():
+                self.delta[:self.shard.n] = self.shard.gather(self.delta[lo:hi])
         return loss_sum, correct, b * self.cfg.replays
 
     def state_dict(self):
@@ -118,7 +132,12 @@ class FGSMRandomStart(Method):
     def train_batch(self, x, y):
         eps = self.cfg.eps
         step = 1.25 * eps if self.cfg.step is None else self.cfg.step
-        delta = (torch.rand(x.shape, generator=self.generator, device=x.device) * 2 - 1) * eps
+        # under DDP the global batch's draw, sliced: the generator stays in lockstep on every rank
+        shape = x.shape if self.shard is None else (self.shard.n,) + tuple(x.shape[1:])
+        noise = torch.rand(shape, generator=self.generator, device=x.device)
+        if self.shard is not None:
+            noise = noise[self.shard.lo:self.shard.hi]
+        delta = (noise * 2 - 1) * eps
         delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
         loss, _ = self.loss(x + delta, y)
         grad, = torch.autograd.grad(loss, delta)

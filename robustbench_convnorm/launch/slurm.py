@@ -1,0 +1,199 @@
+"""--launcher slurm: the grid as one submitit job array, one run per task.
+
+    python -m robustbench_convnorm.run configs/pgd.yaml --launcher slurm \\
+        --partition gpu --time 4:00:00 --gpus-per-task 1 --cpus-per-task 8 --max-parallel 8
+
+Each task receives the config (a snapshot taken at submission, under
+``<output_dir>/launcher/``), the --set overrides and one run id, and runs the
+ordinary command on that run (launch/worker.py). submitit's logs go to
+``<output_dir>/launcher/slurm/``. The submitter prints the job id and returns;
+with --wait it blocks, reports each run, and exits 1 if one failed.
+
+Preemption and time-outs: SLURM signals the task ahead of time, submitit
+calls :meth:`RunTask.checkpoint`, which resubmits the same task; the
+requeued task trains its run again, which resumes from the run's last
+checkpoint (the lock's holder, this job's earlier incarnation, is taken over).
+A run that fails is recorded failed; the other tasks go on. The task that
+finishes the grid's last run builds the leaderboard.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+try:
+    import submitit
+    from submitit.helpers import Checkpointable
+except ImportError as err:  # launch/__init__.py turns this into one message
+    raise ImportError("--launcher slurm needs submitit: pip install submitit") from err
+
+from .. import atomic
+from ..config import ConfigError, RunSpec
+from ..records import read_record
+from ..registry import closest
+from . import merge
+from .options import LauncherOptions
+from .worker import code_root, mark_lost, passed_flags, worker_argv
+
+__all__ = ["RunTask", "make_executor", "executor_parameters", "submit", "wait_and_report"]
+
+
+class RunTask(Checkpointable):
+    """One array task: the ordinary command on one run. Holds strings only
+    (what submitit pickles): the config path, the overrides, the flags each
+    worker repeats and the submitter's working directory."""
+
+    def __init__(self, config: str, overrides: Sequence[str], flags: Sequence[str], cwd: str):
+        self.config, self.overrides, self.flags, self.cwd = str(config), list(overrides), list(flags), str(cwd)
+
+    def __call__(self, run_id: str) -> Dict[str, Any]:
+        os.chdir(self.cwd)  # relative paths in the config mean what they meant to the submitter
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # launcher.tasks_per_node: this run is data-parallel over the tasks
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        from .. import run
+
+        code = run.main(worker_argv(self.config, self.overrides, run_id, self.flags))
+        return {"run_id": run_id, "exit_code": code, "rank": env.global_rank}
+
+    def checkpoint(self, run_id: str):
+        # the run checkpoints itself every epoch: requeueing the same task resumes it
+        print(f"preempted or timed out: requeueing {run_id}; it resumes from its last checkpoint", flush=True)
+        return super().checkpoint(run_id)
+
+
+def _time_default(opts: LauncherOptions) -> int:
+    return opts.time if opts.time is not None else 240
+
+
+def executor_parameters(opts: LauncherOptions, cfg, n_tasks: int) -> Dict[str, Any]:
+    """submitit's parameters for these options (names submitit validates)."""
+    gpus = opts.gpus_per_task if opts.gpus_per_task is not None else (0 if cfg.device == "cpu" else 1)
+    setup = []
+    root = code_root()
+    if root:  # the tasks import this checkout's code, whatever their working directory
+        setup.append(f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}")
+    setup.append("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}")
+    setup += list(opts.setup)
+    extra = {}
+    for line in opts.sbatch:
+        key, _, value = line.lstrip("-").partition("=")
+        extra[key] = value if value else True
+    params: Dict[str, Any] = {
+        "name": opts.job_name or f"rbcn-{cfg.name or 'grid'}",
+        "timeout_min": _time_default(opts),
+        "tasks_per_node": opts.tasks_per_node,
+        "nodes": 1,
+        "gpus_per_node": gpus or None,
+        "cpus_per_task": opts.cpus_per_task,
+        "mem_gb": opts.mem_gb,
+        "slurm_partition": opts.partition,
+        "slurm_account": opts.account,
+        "slurm_array_parallelism": min(opts.max_parallel or n_tasks, max(n_tasks, 1)),
+        "slurm_setup": setup,
+        "slurm_additional_parameters": extra or None,
+    }
+    params.update(opts.executor)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def make_executor(folder: Path, opts: LauncherOptions, cfg, n_tasks: int):
+    """submitit's AutoExecutor with our parameters; a misspelled or invalid
+    one becomes one ConfigError naming it."""
+    kwargs = {"slurm_python": opts.python} if opts.python and opts.cluster == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=opts.cluster, **kwargs)
+    params = executor_parameters(opts, cfg, n_tasks)
+    try:
+        executor.update_parameters(**params)
+    except (NameError, ValueError, TypeError, AssertionError) as err:
+        raise ConfigError(_reword(err, params, executor)) from None
+    return executor
+
+
+def _reword(err: Exception, params: Dict[str, Any], executor) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    valid = sorted(executor._valid_parameters()) + sorted(
+        f"slurm_{p}" for p in submitit.SlurmExecutor._valid_parameters())
+    bad = [k for k in params if k not in valid]
+    if bad:
+        return (f"launcher.executor.{bad[0]}: submitit knows no such parameter{closest(bad[0], valid)}; "
+                f"write submitit's names there (e.g. slurm_qos, slurm_constraint, slurm_exclude)")
+    return f"launcher: submitit refused these settings: {first}"
+
+
+def _snapshot(config: str, folder: Path) -> Path:
+    """A copy of the config that later edits do not reach (queued tasks read it)."""
+    text = Path(config).read_bytes()
+    path = folder / f"config-{hashlib.sha256(text).hexdigest()[:10]}{Path(config).suffix or '.yaml'}"
+    if not path.exists():
+        atomic.write_bytes(path, text)
+    return path
+
+
+def submit(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: LauncherOptions, *, args,
+           device) -> int:
+    """Submit ``specs`` as one job array; with --wait, report and return 1 if a run failed."""
+    if not specs:
+        print("nothing to submit: the selection is empty")
+        return 0
+    root = Path(cfg.output_dir).resolve() / "launcher"
+    folder = root / "slurm"
+    executor = make_executor(folder, opts, cfg, len(specs))
+    if args.dry_run:
+        params = executor_parameters(opts, cfg, len(specs))
+        print(f"--launcher slurm would submit {len(specs)} task(s) (one run each), logs in {folder}, with:")
+        for key in sorted(params):
+            print(f"  {key}: {params[key]}")
+        return 0
+    config = str(_snapshot(args.config, root))
+    task = RunTask(config, args.overrides, passed_flags(args), os.getcwd())
+    try:
+        jobs = executor.map_array(task, [s.run_id for s in specs])
+    except Exception as err:  # sbatch refused (partition, account, limits): its own words
+        raise ConfigError(f"sbatch refused the job array: {str(err).strip().splitlines()[-1]}") from None
+    array_id = str(jobs[0].job_id).split("_")[0]
+    manifest = {"job_id": array_id, "config": config, "submitted_config": str(Path(args.config).resolve()),
+                "overrides": list(args.overrides), "cwd": os.getcwd(), "log_folder": str(folder),
+                "tasks": [{"task": i, "job_id": str(j.job_id), "run_id": s.run_id}
+                          for i, (j, s) in enumerate(zip(jobs, specs))]}
+    atomic.write_json(root / f"job-{array_id}.json", manifest)
+    print(f"submitted {len(specs)} run(s) as job array {array_id} "
+          f"({executor.parameters.get('array_parallelism', len(specs))} at a time at most)")
+    print(f"  logs:  {folder}/{array_id}_<task>_0_log.out and .err")
+    print(f"  tasks: {root / f'job-{array_id}.json'} (task -> run id)")
+    print(f"  the task that finishes the last run builds the leaderboard; any time: "
+          f"python -m robustbench_convnorm.leaderboard {cfg.output_dir}")
+    if not opts.wait:
+        print(f"  watch: squeue -j {array_id}")
+        return 0
+    return wait_and_report(jobs, specs, grid, cfg, opts, str(device))
+
+
+def wait_and_report(jobs, specs: Sequence[RunSpec], grid: Sequence[RunSpec], cfg, opts: LauncherOptions,
+                    device: str) -> int:
+    pending = dict(zip(range(len(jobs)), zip(jobs, specs)))
+    statuses: Dict[str, str] = {}
+    while pending:
+        for i, (job, spec) in list(pending.items()):
+            if not job.done():
+                continue
+            del pending[i]
+            try:
+                job.results()
+                status = (read_record(spec.run_dir) or {}).get("status") or "locked"
+            except Exception as err:  # the task itself crashed (not the run: that is recorded)
+                reason = f"task {job.job_id} ended without finishing: {str(err).strip().splitlines()[-1]}"
+                status = "failed" if mark_lost(spec, device, reason) or \
+                    (read_record(spec.run_dir) or {}).get("status") == "failed" else f"lost ({reason})"
+            statuses[spec.run_id] = status
+            print(f"[{len(statuses)}/{len(specs)}] {spec.run_id}: {status}", flush=True)
+        if pending:
+            time.sleep(opts.poll_seconds)
+    merge.build_if_complete(grid, cfg.output_dir)
+    failed = sorted(r for r, s in statuses.items() if s not in ("finished", "locked"))
+    print(f"done: {len(statuses) - len(failed)} finished, {len(failed)} not"
+          + (f" ({', '.join(failed)})" if failed else ""))
+    return 1 if failed else 0
