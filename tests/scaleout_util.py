@@ -1,0 +1,98 @@
+"""Helpers shared by the scale-out tests: tiny grids, the command as a
+subprocess with this checkout's code, and what the workers printed."""
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: a grid of tiny runs that still exercises augmentation, an uneven last batch
+#: (99 = 3 x 32 + 3) and both training paths
+TINY = {
+    "data": {"source": "synthetic", "options": {"n_train": 99, "n_test": 40, "size": 8, "num_classes": 4},
+             "augment": {"crop_padding": 1, "flip": True}},
+    "model": {"arch": "convnet", "width": 0.5},
+    "normalizers": [{"name": "vanilla"}],
+    "train": {"method": "natural", "epochs": 2, "batch_size": 32, "lr": 0.05, "schedule": "cosine",
+              "val_examples": 16, "val_pgd_steps": 2, "replays": 2},
+    "eval": {"batch_size": 40, "lipschitz": False, "evaluators": [{"type": "clean"}]},
+    "seeds": [0],
+    "device": "cpu",
+}
+
+
+def write_config(path: Path, out: Path, **sections) -> Path:
+    raw = json.loads(json.dumps(TINY))
+    for key, value in sections.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            raw[section][leaf] = value
+        else:
+            raw[section] = value
+    raw["output_dir"] = str(out)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def env(**extra):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    pythonpath = str(ROOT) + (os.pathsep + base["PYTHONPATH"] if base.get("PYTHONPATH") else "")
+    return {**base, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def start(*args, **extra_env) -> subprocess.Popen:
+    """``python -m robustbench_convnorm.run ARGS`` in the background."""
+    return subprocess.Popen([sys.executable, "-m", "robustbench_convnorm.run", *map(str, args)], cwd=ROOT,
+                            env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def records(out_dir):
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("runs/*/record.json"))}
+
+
+def comparable(rec):
+    """A record without what differs between two executions of one run."""
+    drop = {"timings", "created", "git_sha", "config", "evaluations"}
+    out = {k: v for k, v in rec.items() if k not in drop}
+    out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
+                          for k, v in rec["evaluations"].items()}
+    return out
+
+
+_HEADER = re.compile(r"^\[\d+/\d+\] (\S+)$")
+_EPOCH = re.compile(r"^\s+epoch \d+/\d+: loss")
+
+
+def trained_runs(stdout: str) -> set:
+    """Runs a worker trained (printed at least one epoch for), from its output."""
+    trained, current = set(), None
+    for line in stdout.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            current = m.group(1)
+        elif current and _EPOCH.match(line):
+            trained.add(current)
+    return trained
+
+
+def count_trainings(*stdouts) -> collections.Counter:
+    return collections.Counter(run for out in stdouts for run in trained_runs(out))
+
+
+def leaderboard_runs(out_dir) -> set:
+    """Run ids in the leaderboard's per-run table, as its last build wrote it."""
+    stamp = json.loads((Path(out_dir) / ".leaderboard" / "last_build.json").read_text())
+    import pandas as pd
+
+    return set(pd.read_csv(stamp["paths"]["runs_csv"])["run_id"])

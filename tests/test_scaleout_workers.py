@@ -1,0 +1,147 @@
+"""Many workers on one output_dir: concurrent shards, plain runs beside
+them, the local launcher, and the SLURM launcher's code on submitit's
+in-process cluster. Each run is trained exactly once, the records match a
+plain run's, and one complete leaderboard is left."""
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from robustbench_convnorm import run
+from robustbench_convnorm.launch import merge
+
+from scaleout_util import (comparable, count_trainings, finish, leaderboard_runs, records, start, trained_runs,
+                           write_config)
+
+GRID = {"normalizers": [{"name": "vanilla"}, {"name": "sn"}], "seeds": [0, 1]}
+
+
+def _assert_complete(out, n_runs, *stdouts):
+    recs = records(out)
+    assert len(recs) == n_runs and all(r["status"] == "finished" for r in recs.values()), \
+        {k: r["status"] for k, r in recs.items()}
+    trainings = count_trainings(*stdouts)
+    assert set(trainings) == set(recs) and set(trainings.values()) == {1}, trainings  # each trained once
+    assert leaderboard_runs(out) == set(recs)                                           # one complete board
+    stamp = json.loads((Path(out) / merge.LOCK_DIR / merge.STAMP).read_text())
+    assert stamp["fingerprint"] == merge._fingerprint(Path(out))                       # built after the last record
+    return recs
+
+
+def test_two_shards_and_a_plain_run_share_one_output_dir(tmp_path, capsys):
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "grid.yaml", out, **GRID)
+    workers = [start(cfg, "--shard", "0/2"), start(cfg, "--shard", "1/2")]
+    deadline = time.monotonic() + 300
+    while not list(out.glob("runs/*/record.json")):           # the shards are at work
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers)
+        time.sleep(0.2)
+    assert run.main([str(cfg)]) == 0                       # a plain run of the whole grid, meanwhile
+    plain = capsys.readouterr().out
+    results = [finish(w) for w in workers]
+    for code, stdout, stderr in results:
+        assert code == 0, stdout[-2000:] + stderr[-2000:]
+    recs = _assert_complete(out, 4, plain, *(stdout for _, stdout, _ in results))
+    assert all(r["world_size"] == 1 for r in recs.values())
+    # a rerun finds every run finished and trains nothing
+    assert run.main([str(cfg), "--shard", "0/2"]) == 0
+    assert not trained_runs(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_three_shards_and_a_repeated_shard_at_once(tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "grid.yaml", out, normalizers=[{"name": "vanilla"}, {"name": "sn"},
+                                                                 {"name": "ocnn"}], seeds=[0, 1])
+    workers = [start(cfg, "--shard", f"{i}/3") for i in (0, 1, 2, 1)]
+    results = [finish(w) for w in workers]
+    for code, stdout, stderr in results:
+        assert code == 0, stdout[-2000:] + stderr[-2000:]
+    _assert_complete(out, 6, *(stdout for _, stdout, _ in results))
+
+
+def test_local_launcher_two_workers_gives_a_plain_runs_records(tmp_path, capsys):
+    plain_out, local_out = tmp_path / "plain", tmp_path / "local"
+    grid = {"train.method": ["natural", "free"]}
+    plain = write_config(tmp_path / "plain.yaml", plain_out, grid=grid)
+    local = write_config(tmp_path / "local.yaml", local_out, grid=grid)
+    assert run.main([str(local), "--launcher", "local", "--workers", "2"]) == 0
+    text = capsys.readouterr().out
+    cores = len(os.sched_getaffinity(0))
+    assert f"2 run(s), 2 at a time ({max(1, cores // 2)} CPU thread(s), " in text   # the cores shared
+    logs = sorted((local_out / "launcher" / "local").glob("*.log"))
+    assert len(logs) == 2
+    _assert_complete(local_out, 2, *(p.read_text() for p in logs))
+    assert run.main([str(plain)]) == 0
+    a, b = records(plain_out), records(local_out)
+    assert set(a) == set(b)                                                         # same run ids
+    for run_id in a:
+        assert comparable(a[run_id]) == comparable(b[run_id]), run_id
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_local_worker_cleanly(tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "slow.yaml", out, normalizers=[{"name": "vanilla"}, {"name": "sn"}],
+                       data={"source": "synthetic", "options": {"n_train": 2000, "n_test": 40, "size": 8,
+                                                                "num_classes": 4}},
+                       train__epochs=40, train__val_examples=0)
+    parent = start(cfg, "--launcher", "local", "--workers", "2")
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("runs/*/checkpoint.pt"))) < 2:              # both runs are training
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.5)
+    parent.send_signal(signal.SIGINT)
+    code, stdout, stderr = finish(parent, timeout=300)
+    assert code == 130, stdout + stderr
+    recs = records(out)
+    assert {r["status"] for r in recs.values()} == {"interrupted"}, recs
+    for r in recs.values():                                               # checkpoints kept
+        assert (out / "runs" / r["run_id"] / "checkpoint.pt").exists()
+        assert not (out / "runs" / r["run_id"] / ".lock").exists()
+    again = start(cfg, "--set", "train.epochs=40", "--launcher", "local", "--workers", "2")
+    code, stdout, stderr = finish(again, timeout=600)
+    assert code == 0, stdout + stderr
+    assert {r["status"] for r in records(out).values()} == {"finished"}
+    logs = "".join(p.read_text() for p in (out / "launcher" / "local").glob("*.log"))
+    assert logs.count("resuming from epoch") == 2
+
+
+def test_slurm_launcher_on_submitits_debug_cluster(tmp_path, capsys):
+    """The SLURM launcher's whole path (executor, array, task, records, the
+    last task's leaderboard) with submitit's in-process cluster."""
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "grid.yaml", out, normalizers=[{"name": "vanilla"}, {"name": "sn"}],
+                       launcher={"cluster": "debug", "poll_seconds": 0.01})
+    assert run.main([str(cfg), "--launcher", "slurm", "--wait", "--time", "1:00:00", "--sbatch=--qos=high",
+                     "--set", "train.epochs=1"]) == 0
+    text = capsys.readouterr().out
+    assert "submitted 2 run(s) as job array" in text and "done: 2 finished, 0 not" in text
+    recs = records(out)
+    assert {r["status"] for r in recs.values()} == {"finished"}
+    assert all(r["config"]["train"]["epochs"] == 1 for r in recs.values())             # --set reached the task
+    assert leaderboard_runs(out) == set(recs)
+    (manifest,) = (out / "launcher").glob("job-*.json")
+    doc = json.loads(manifest.read_text())
+    assert [t["run_id"] for t in doc["tasks"]] == sorted(recs, key=[t["run_id"] for t in doc["tasks"]].index)
+    assert Path(doc["config"]).read_text() == cfg.read_text()                          # the task's snapshot
+    assert doc["overrides"] == ["train.epochs=1"]
+
+
+def test_slurm_launcher_rejects_bad_executor_parameters_in_one_message(tmp_path, capsys):
+    cfg = write_config(tmp_path / "grid.yaml", tmp_path / "out")
+    assert run.main([str(cfg), "--launcher", "slurm", "--dry-run",
+                     "--set", "launcher.executor={slurm_partiton: gpu}"]) == 2
+    err = capsys.readouterr().err
+    assert "launcher.executor.slurm_partiton: submitit knows no such parameter (did you mean 'slurm_partition'?)" \
+        in err and err.count("\n") == 1
+    assert run.main([str(cfg), "--launcher", "slurm", "--dry-run", "--partition", "gpu", "--gpus-per-task", "2",
+                     "--max-parallel", "3", "--mem-gb", "16"]) == 0
+    text = capsys.readouterr().out
+    for line in ("slurm_partition: gpu", "gpus_per_node: 2", "slurm_array_parallelism: 1", "mem_gb: 16.0",
+                 "timeout_min: 240"):
+        assert line in text, text
+    assert not (tmp_path / "out" / "runs").exists()
