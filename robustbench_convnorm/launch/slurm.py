@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 try:
     import submitit
@@ -172,22 +173,50 @@ def submit(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Launche
     return wait_and_report(jobs, specs, grid, cfg, opts, str(device))
 
 
+def _squeue_lists(job_id: str) -> bool:
+    """Whether SLURM still has the task pending, running or requeued."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return True  # cannot tell: keep waiting
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+class _Watch:
+    """When a task has ended: its result file, else (SLURM) its absence from
+    squeue twice in a row. Works where sacct (what submitit asks) is off."""
+
+    def __init__(self, job, cluster: str):
+        self.job, self.cluster, self.gone = job, cluster, 0
+
+    def done(self) -> bool:
+        if self.cluster != "slurm":
+            return self.job.done()
+        if self.job.paths.result_pickle.exists():
+            return True
+        self.gone = 0 if _squeue_lists(str(self.job.job_id)) else self.gone + 1
+        return self.gone >= 2 or self.job.paths.result_pickle.exists()
+
+
 def wait_and_report(jobs, specs: Sequence[RunSpec], grid: Sequence[RunSpec], cfg, opts: LauncherOptions,
                     device: str) -> int:
-    pending = dict(zip(range(len(jobs)), zip(jobs, specs)))
+    pending = {i: (_Watch(job, opts.cluster), spec) for i, (job, spec) in enumerate(zip(jobs, specs))}
     statuses: Dict[str, str] = {}
     while pending:
-        for i, (job, spec) in list(pending.items()):
-            if not job.done():
+        for i, (watch, spec) in list(pending.items()):
+            if not watch.done():
                 continue
             del pending[i]
-            try:
-                job.results()
-                status = (read_record(spec.run_dir) or {}).get("status") or "locked"
-            except Exception as err:  # the task itself crashed (not the run: that is recorded)
-                reason = f"task {job.job_id} ended without finishing: {str(err).strip().splitlines()[-1]}"
-                status = "failed" if mark_lost(spec, device, reason) or \
-                    (read_record(spec.run_dir) or {}).get("status") == "failed" else f"lost ({reason})"
+            status = (read_record(spec.run_dir) or {}).get("status")
+            if status not in ("finished", "failed"):  # the task ended without a verdict on its run
+                why = _task_error(watch.job)
+                if why is None:
+                    status = "locked"  # it skipped the run: another live worker holds it
+                else:
+                    reason = f"task {watch.job.job_id} ended without finishing its run ({why}); " \
+                             f"see {watch.job.paths.stderr}"
+                    status = "failed" if mark_lost(spec, device, reason) else f"lost: {reason}"
             statuses[spec.run_id] = status
             print(f"[{len(statuses)}/{len(specs)}] {spec.run_id}: {status}", flush=True)
         if pending:
@@ -197,3 +226,16 @@ def wait_and_report(jobs, specs: Sequence[RunSpec], grid: Sequence[RunSpec], cfg
     print(f"done: {len(statuses) - len(failed)} finished, {len(failed)} not"
           + (f" ({', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
+
+
+def _task_error(job) -> Optional[str]:
+    """Why a task ended badly, or None if it ended well (exit status 0)."""
+    if not job.paths.result_pickle.exists():
+        return "killed: no result"
+    try:
+        results = job.results()
+    except Exception as err:  # the task raised outside the run (the run's own failures are recorded)
+        text = str(err).strip().splitlines()
+        return text[-1] if text else err.__class__.__name__
+    codes = [r.get("exit_code") for r in results if isinstance(r, dict)]
+    return None if all(c == 0 for c in codes) else f"exit status {codes}"
