@@ -309,7 +309,9 @@ def main(argv=None) -> int:
 
 def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
     cache, records = DataCache(), []
-    where = f"shard {shard} of the grid, " if shard is not None else ""
+    where = f"shard {shard} of the grid ({shard.source}), " if shard is not None else ""
+    if shard is not None and shard.source == "SLURM array":
+        print(f"this SLURM array task runs part {shard} of the grid; --shard 0/1 runs all of it in each task")
     ranks = f" x {ddp.world_size} ranks ({ddp.backend})" if ddp else ""
     print(f"{len(specs)} run(s) on {device}{ranks}, {where}writing to {cfg.output_dir}")
     try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Union
 
 from ..config import ConfigError, _Ctx, _build, _opt
