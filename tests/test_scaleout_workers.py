@@ -86,9 +86,9 @@ def test_local_launcher_two_workers_gives_a_plain_runs_records(tmp_path, capsys)
 def test_ctrl_c_stops_every_local_worker_cleanly(tmp_path):
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "slow.yaml", out, normalizers=[{"name": "vanilla"}, {"name": "sn"}],
-                       data={"source": "synthetic", "options": {"n_train": 2000, "n_test": 40, "size": 8,
+                       data={"source": "synthetic", "options": {"n_train": 1500, "n_test": 40, "size": 8,
                                                                 "num_classes": 4}},
-                       train__epochs=40, train__val_examples=0)
+                       train__epochs=15, train__val_examples=0)
     parent = start(cfg, "--launcher", "local", "--workers", "2")
     deadline = time.monotonic() + 300
     while len(list(out.glob("runs/*/checkpoint.pt"))) < 2:              # both runs are training
@@ -102,7 +102,7 @@ def test_ctrl_c_stops_every_local_worker_cleanly(tmp_path):
     for r in recs.values():                                               # checkpoints kept
         assert (out / "runs" / r["run_id"] / "checkpoint.pt").exists()
         assert not (out / "runs" / r["run_id"] / ".lock").exists()
-    again = start(cfg, "--set", "train.epochs=40", "--launcher", "local", "--workers", "2")
+    again = start(cfg, "--launcher", "local", "--workers", "2")
     code, stdout, stderr = finish(again, timeout=600)
     assert code == 0, stdout + stderr
     assert {r["status"] for r in records(out).values()} == {"finished"}

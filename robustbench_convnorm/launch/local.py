@@ -55,6 +55,8 @@ def _visible_gpus() -> List[str]:
 
 def plan_slots(opts: LauncherOptions, device, n_runs: int) -> List[Tuple[Optional[str], Optional[int]]]:
     """One (GPU, threads) per worker: at most one worker per run."""
+    if opts.workers is None and opts.max_parallel is not None:
+        opts.workers = opts.max_parallel  # --max-parallel means the same here
     if device.type == "cuda":
         gpus = [str(g) for g in opts.gpus] if opts.gpus else _visible_gpus()
         if opts.workers is not None and opts.gpus and opts.workers != len(opts.gpus):
