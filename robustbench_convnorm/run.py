@@ -314,9 +314,16 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
         print(f"this SLURM array task runs part {shard} of the grid; --shard 0/1 runs all of it in each task")
     ranks = f" x {ddp.world_size} ranks ({ddp.backend})" if ddp else ""
     print(f"{len(specs)} run(s) on {device}{ranks}, {where}writing to {cfg.output_dir}")
+    started = time.time()
     try:
         for i, spec in enumerate(specs, 1):
             print(f"[{i}/{len(specs)}] {spec.run_id}")
+            # a run another worker failed while this one ran is not retried here: each run once per launch
+            failed = None if args.force or args.eval_only else distributed.agree(merge.failed_since(spec, started))
+            if failed:
+                print(f"[skip] {spec.run_id}: another worker recorded it failed while this one ran; rerun to retry")
+                records.append(failed)
+                continue
             records.append(execute_run(spec, device, cache, force=args.force, eval_only=args.eval_only))
     except KeyboardInterrupt:
         print("\nstopped by Ctrl-C; finished runs are kept, rerun the same command to continue", file=sys.stderr)

@@ -1,7 +1,9 @@
 """Shards of a grid (--shard, SLURM arrays), --dry-run --json, the launcher
 options, and the lock rule that lets a requeued SLURM task resume its run."""
 import json
+import os
 import socket
+import time
 
 import pytest
 
@@ -189,3 +191,22 @@ def test_leaderboard_is_built_once_per_set_of_records(tmp_path):
     assert merge.build_once(out, build=build, wait_seconds=0.3, log=messages.append) is None
     assert "being worked on" in messages[-1] and len(builds) == 2                    # never two builds at once
     held.release()
+
+
+def test_a_run_failed_by_another_worker_meanwhile_is_not_retried(tmp_path, capsys):
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "c.yaml", out)
+    (spec,) = expand_grid(config_from_dict({**json.loads(json.dumps(TINY)), "output_dir": str(out)}))
+    spec.run_dir.mkdir(parents=True)
+    record = spec.run_dir / "record.json"
+    record.write_text(json.dumps({"run_id": spec.run_id, "status": "failed"}))
+    assert merge.failed_since(spec, 0.0)["status"] == "failed"
+    assert merge.failed_since(spec, time.time() + 60) is None            # failed before that worker began
+    soon = time.time() + 3600                                             # recorded after this worker began
+    os.utime(record, (soon, soon))
+    assert run.main([str(cfg), "--shard", "0/1"]) == 1
+    assert "another worker recorded it failed while this one ran" in capsys.readouterr().out
+    assert json.loads(record.read_text())["status"] == "failed"           # not trained again
+    os.utime(record, (1.0, 1.0))                                          # a failure of an earlier launch
+    assert run.main([str(cfg), "--shard", "0/1"]) == 0                     # is retried, as reruns always did
+    assert json.loads(record.read_text())["status"] == "finished"

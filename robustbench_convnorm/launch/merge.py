@@ -30,7 +30,7 @@ from ..lock import RunLocked, acquire
 from ..records import RECORD, read_record
 from .shards import TERMINAL
 
-__all__ = ["pending", "build_once", "build_if_complete", "LOCK_DIR", "STAMP"]
+__all__ = ["pending", "failed_since", "build_once", "build_if_complete", "LOCK_DIR", "STAMP"]
 
 LOCK_DIR = ".leaderboard"
 STAMP = "last_build.json"
@@ -41,6 +41,20 @@ WAIT_SECONDS = 600.0
 def pending(specs: Sequence[RunSpec]) -> List[str]:
     """Runs of ``specs`` whose record is missing or not terminal."""
     return [s.run_id for s in specs if (read_record(s.run_dir) or {}).get("status") not in TERMINAL]
+
+
+def failed_since(spec: RunSpec, since: float) -> Optional[Dict]:
+    """The run's record if another worker recorded it failed after ``since``
+    (a Unix time): a worker that started before that failure leaves it for a
+    rerun instead of training it a second time."""
+    path = spec.run_dir / RECORD
+    try:
+        if path.stat().st_mtime < since:
+            return None
+    except FileNotFoundError:
+        return None
+    record = read_record(spec.run_dir)
+    return record if record and record.get("status") == "failed" else None
 
 
 def _fingerprint(output_dir: Path) -> str:
