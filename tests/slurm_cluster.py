@@ -38,9 +38,10 @@ def ensure_installed() -> None:
     if all(shutil.which(d) for d in DAEMONS):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another apt-get may hold the lock for a while
+    install = ["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
     if _run(install, env=env, check=False).returncode != 0:
-        _run(["apt-get", "update", "-q"], env=env)
+        _run(["apt-get", *wait, "update", "-q"], env=env)
         _run(install, env=env)
     missing = [d for d in DAEMONS if not shutil.which(d)]
     if missing:
