@@ -22,7 +22,6 @@ training loop call them unconditionally. What DDP changes:
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import sys
@@ -68,12 +67,16 @@ def setup(device: torch.device, *, sync_batchnorm: bool = False) -> Optional[Con
         return None
     if _CTX is not None:
         return _CTX
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        raise ValueError("WORLD_SIZE > 1 but RANK is missing or not a number: start data-parallel runs "
+                         "with torchrun (it sets RANK, WORLD_SIZE and LOCAL_RANK)") from None
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"rank {rank} has LOCAL_RANK {local_rank} but this node shows "
-                               f"{torch.cuda.device_count()} GPU(s); start at most that many ranks per node")
+            raise ValueError(f"rank {rank} has LOCAL_RANK {local_rank} but this node shows "
+                             f"{torch.cuda.device_count()} GPU(s); start at most that many ranks per node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -291,13 +294,3 @@ def evaluate_kwargs(evaluate: Callable) -> Dict[str, Any]:
     if "shard" in params and "gather" in params:
         return {"shard": (_CTX.rank, _CTX.world_size), "gather": all_gather_object}
     return {}  # this evaluate cannot shard: every rank evaluates everything (same result, slower)
-
-
-@contextlib.contextmanager
-def session(device: torch.device, *, sync_batchnorm: bool = False):
-    """setup() ... teardown(), for a main that may run under torchrun."""
-    ctx = setup(device, sync_batchnorm=sync_batchnorm)
-    try:
-        yield ctx
-    finally:
-        teardown()

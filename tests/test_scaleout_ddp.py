@@ -132,3 +132,33 @@ def test_sync_batchnorm_on_the_cpu_is_one_clear_error(tmp_path, capsys, monkeypa
     assert not (tmp_path / "out" / "runs").exists()
     assert run.main([str(cfg), "--launcher", "local", "--dry-run"]) == 2     # launchers start their own ranks
     assert "--launcher under torchrun" in capsys.readouterr().err
+
+
+def test_batch_split_and_evaluation_hooks_in_one_process(monkeypatch):
+    from robustbench_convnorm import distributed
+
+    for n in range(2, 40):
+        for world in (2, 3, 4):
+            if n < world:
+                continue
+            bounds = [distributed.split_bounds(n, world, r) for r in range(world)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))              # contiguous, in order
+            sizes = [hi - lo for lo, hi in bounds]
+            assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+            weights = [distributed.BatchShard(lo, hi, n, world, r).weight for r, (lo, hi) in enumerate(bounds)]
+            assert abs(sum(weights) / world - 1) < 1e-12                            # the average is the mean
+
+    def evaluate_with_shards(model, x, y, cfg, *, device, log, shard=None, gather=None):
+        pass
+
+    def evaluate_plain(model, x, y, cfg, *, device, log):
+        pass
+
+    assert distributed.evaluate_kwargs(evaluate_with_shards) == {}                  # a plain process
+    monkeypatch.setattr(distributed, "_CTX", distributed.Context(1, 2, 1, "gloo", torch.device("cpu")))
+    kw = distributed.evaluate_kwargs(evaluate_with_shards)
+    assert kw["shard"] == (1, 2) and kw["gather"] is distributed.all_gather_object
+    assert distributed.evaluate_kwargs(evaluate_plain) == {}                        # every rank evaluates all
+    assert distributed.record_fields() == {"world_size": 2, "distributed": {"backend": "gloo",
+                                                                            "sync_batchnorm": False}}
