@@ -209,7 +209,7 @@ def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir
     record["flags"] = sorted(set(record["flags"]) | set(report.flags))
     record["evaluations"] = report.details
     record["timings"]["eval_seconds"] = time.perf_counter() - t0
-    if cfg.eval.lipschitz:
+    if cfg.eval.lipschitz and distributed.is_writer():  # DDP: rank 0 alone (it writes a plot)
         from .lipschitz import model_report, plot_layer_norms
 
         t0 = time.perf_counter()

@@ -97,7 +97,10 @@ def executor_parameters(opts: LauncherOptions, cfg, n_tasks: int) -> Dict[str, A
         "slurm_setup": setup,
         "slurm_additional_parameters": extra or None,
     }
-    params.update(opts.executor)
+    passed = dict(opts.executor)
+    if passed.get("slurm_setup"):  # after ours: the tasks still import this code
+        params["slurm_setup"] = setup + list(passed.pop("slurm_setup"))
+    params.update(passed)
     return {k: v for k, v in params.items() if v is not None}
 
 
