@@ -406,11 +406,12 @@ def test_filter_cached_under_inference_mode_serves_autograd_later(fast):
 # ------------------------------------------------------------- fast path
 def _run(layer, x, fast, r):
     layer.fast_path = fast
-    layer.weight.grad = None
+    layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     out = layer(x)
     (out.float() * r).sum().backward()
-    return out, x.grad, layer.weight.grad.clone()
+    grads = [p.grad.clone() for p in (layer.weight, layer.bias) if p is not None]
+    return (out, x.grad, *grads)
 
 
 def _assert_paths_match(layer, x, rtol):
@@ -431,7 +432,9 @@ def _assert_paths_match(layer, x, rtol):
 @pytest.mark.parametrize("k,padding", [(2, 0), (2, 1), (3, 0), (3, 1), (5, 0), (5, 1)])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fast_path_matches_plain_path(k, padding, stride, mode, dtype, rtol):
-    layer = ConvNorm2d(3, 4, k, stride, padding, padding_mode=mode, ramp_steps=3).to(dtype)
+    layer = ConvNorm2d(3, 4, k, stride, padding, bias=True, padding_mode=mode, ramp_steps=3).to(dtype)
+    with torch.no_grad():
+        layer.bias.uniform_(-1, 1)  # added before the filter: scaled by V(0) on both paths
     x = torch.randn(5, 3, 7, 6, dtype=dtype)  # odd batch, odd and even sizes
     layer.train()
     _assert_paths_match(layer, x, rtol)  # exact V
