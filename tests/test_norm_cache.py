@@ -6,6 +6,7 @@ the new weights. Each mechanism is also checked alone: the optimizer-step
 count on a device whose reuse is checked lazily, and that lazy check itself
 (NaN, then a clear error) for ``.data`` edits there."""
 import copy
+import io
 
 import pytest
 import torch
@@ -138,3 +139,21 @@ def test_checks_recompute_only_after_a_change(monkeypatch):
         for _ in range(3):
             layer(x)
     assert len(calls) == 2
+
+
+@LAYERS
+def test_copies_and_pickles_start_with_an_empty_cache(kind):
+    layer = _layer(kind).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = layer(x)
+    cache = layer._filter_cache if kind != "cayley" else layer._cache
+    assert len(cache) == 1
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+        twin_cache = twin._filter_cache if kind != "cayley" else twin._cache
+        assert len(twin_cache) == 0 and twin_cache is not cache
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)

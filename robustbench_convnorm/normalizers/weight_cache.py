@@ -74,6 +74,14 @@ class ParameterCache:
     def __len__(self) -> int:
         return len(self._values)
 
+    # A copied or pickled layer starts with an empty cache: its parameters are
+    # new tensors anyway, and a device event cannot be copied.
+    def __deepcopy__(self, memo) -> "ParameterCache":
+        return ParameterCache(self.owner)
+
+    def __reduce__(self):
+        return ParameterCache, (self.owner,)
+
     def lookup(self, params: Sequence[torch.Tensor], key: Hashable,
                compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The value for ``key``, computed by ``compute()`` (without autograd,
