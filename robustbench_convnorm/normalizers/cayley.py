@@ -34,7 +34,7 @@ is a constant: input gradients are exact, but no gradient reaches the weights.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
