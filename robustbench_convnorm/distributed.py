@@ -282,7 +282,11 @@ def sync_model(model: torch.nn.Module) -> None:
         return
     for t in list(model.parameters()) + list(model.buffers()):
         if t.numel():
-            dist.broadcast(t.data, src=0)
+            # through a copy_: the version counter moves, so caches derived
+            # from the weights (normalizers/weight_cache.py) see the change
+            incoming = t.detach().clone()
+            dist.broadcast(incoming, src=0)
+            t.copy_(incoming)
 
 
 def evaluate_kwargs(evaluate: Callable) -> Dict[str, Any]:
