@@ -54,7 +54,8 @@ def digest(identity: Mapping[str, Any], length: int = 8) -> str:
 
 def flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
     """{'train.lr': 0.1, 'normalizers.0.options.kernel': 3, ...}: nested dicts, and
-    lists of dicts, become dotted keys; other lists stay values."""
+    lists of dicts, become dotted keys; other lists stay values; an empty dict
+    adds nothing (it says what a missing one says)."""
     out: Dict[str, Any] = {}
     if isinstance(obj, Mapping):
         items: Iterable = ((str(k), v) for k, v in obj.items())
@@ -64,7 +65,7 @@ def flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
         return {prefix: obj} if prefix else {}
     for key, value in items:
         path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):
             out.update(flatten(value, path))
         elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
             out.update(flatten(value, path))
