@@ -56,15 +56,6 @@ def settings_rows(lb: Leaderboard) -> List[tuple]:
     if lb.rank_metric:
         rows.append(("Ranked by", f"{describe(lb.rank_metric, s, lb.info)}, "
                                   f"{'lower' if lower_is_better(lb.rank_metric) else 'higher'} is better"))
-    for e in s.evaluations:
-        v = e.values
-        if v.get("type") in ("pgd", "fgsm"):
-            rows.append((e.name, f"{v.get('norm', 'Linf')} eps {v.get('eps', '?')}, {v.get('steps', '?')} step(s) "
-                                 f"of {v.get('step', '?')}, random start {v.get('random_start', '?')}, "
-                                 f"restarts {v.get('restarts', '?')}"))
-        elif v.get("type") == "simba":
-            rows.append((e.name, f"{v.get('basis', '?')} basis, step {v.get('step', '?')}, {v.get('n_images', '?')} "
-                                 f"correctly classified images per model, at most {v.get('max_iters', '?')} iterations"))
     rows.append(("AutoAttack", ", ".join(f"version {v}" for v in s.autoattack_versions) or "not run"))
     rows.append(("Intervals", "95%: Wilson's score interval from the number of test examples for one seed; "
                               "the t interval of the mean over seeds for several"))
@@ -94,14 +85,14 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
     metrics = metric_columns(sub, [m for m in lb.info.names if m in headline])
     varying = [k for k in ("arch", "train_method", "train_eps") if sub[k].nunique(dropna=False) > 1]
     columns = [{"title": "rank", "key": "rank", "cls": "", "first": "ascending"},
-               {"title": "model", "key": "model", "cls": "text", "first": "ascending"}]
+               {"title": "model", "key": "model", "cls": "text", "first": "ascending"},
+               {"title": "vs above", "key": "p_vs_above", "cls": "", "first": "ascending"}]
     columns += [{"title": k.replace("_", " "), "key": k, "cls": "text", "first": "ascending"} for k in varying]
-    columns.append({"title": "seeds", "key": "seeds", "cls": "", "first": "descending"})
-    columns += [{"title": lb.info.title(m), "key": m, "cls": "",
-                 "first": "ascending" if lower_is_better(m) else "descending"} for m in metrics]
-    columns += [{"title": "vs above", "key": "p_vs_above", "cls": "", "first": "ascending"},
+    columns += [{"title": "seeds", "key": "seeds", "cls": "", "first": "descending"},
                 {"title": "status", "key": "status", "cls": "text", "first": "ascending"},
                 {"title": "flags", "key": "flags", "cls": "text", "first": "descending"}]
+    columns += [{"title": lb.info.title(m), "key": m, "cls": "",
+                 "first": "ascending" if lower_is_better(m) else "descending"} for m in metrics]
     rows = []
     for _, r in sub.iterrows():
         tied = cells.is_true(r["tied_with_above"])
@@ -109,16 +100,16 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
                 "sort": None if cells.isnan(r["rank"]) else str(int(r["rank"])), "ci": None},
                {"text": r["model"], "href": f"#model-{_anchor(r['model_id'])}", "cls": "text", "sort": r["model"],
                 "ci": None}]
+        out.append({"text": cells.fmt_p(r["p_vs_above"]), "title": r["test_vs_above"] or None, "cls": "",
+                    "sort": None if cells.isnan(r["p_vs_above"]) else f"{r['p_vs_above']:.6g}", "ci": None})
         out += [{"text": cells.fmt_eps(r[k]) if k == "train_eps" else cells.text(r[k]), "cls": "text",
                  "sort": None, "ci": None} for k in varying]
         out.append({"text": f"{r['n_seeds']}/{r['n_expected']}", "sort": str(r["n_seeds"]), "cls": "", "ci": None})
-        out += [_metric_cell(m, r) for m in metrics]
-        out.append({"text": cells.fmt_p(r["p_vs_above"]), "title": r["test_vs_above"] or None, "cls": "",
-                    "sort": None if cells.isnan(r["p_vs_above"]) else f"{r['p_vs_above']:.6g}", "ci": None})
-        out.append({"text": r["status"], "cls": "text " + ("status-ok" if r["status"] == "ok" else "status-bad"),
+        out.append({"text": r["status"], "cls": "text wrap " + ("status-ok" if r["status"] == "ok" else "status-bad"),
                     "sort": None, "ci": None})
         flags = [f for f in (r["flags"] or "").split(";") if f]
-        out.append({"text": "", "flags": flags, "cls": "text", "sort": str(len(flags)), "ci": None})
+        out.append({"text": "", "flags": flags, "cls": "text wrap", "sort": str(len(flags)), "ci": None})
+        out += [_metric_cell(m, r) for m in metrics]
         rows.append({"model_id": r["model_id"], "cells": out})
     paper = []
     attack_rows = [m for m in lb.info.attack_rows() if m in metrics]
