@@ -10,7 +10,7 @@ network port.
 
 As a script, it screenshots a page (the README's picture of the leaderboard):
 
-    python tests/chromium_cdp.py results/quickstart/leaderboard.html docs/leaderboard.png
+    python tests/chromium_cdp.py results/quickstart/leaderboard.html docs/leaderboard.png [WIDTH HEIGHT]
 """
 from __future__ import annotations
 
@@ -202,11 +202,12 @@ class Page:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python tests/chromium_cdp.py PAGE.html OUT.png")
+    if len(sys.argv) not in (3, 5):
+        sys.exit("usage: python tests/chromium_cdp.py PAGE.html OUT.png [WIDTH HEIGHT]")
     page_path, out = os.path.abspath(sys.argv[1]), sys.argv[2]
+    width, height = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) == 5 else (1400, 1000)
     with Chromium() as browser:
-        shot = browser.open(f"file://{page_path}", width=1400, height=1000)
+        shot = browser.open(f"file://{page_path}", width=width, height=height)
         shot.evaluate("window.scrollTo(0, 0)")
         with open(out, "wb") as f:
             f.write(shot.screenshot())

@@ -152,7 +152,7 @@ def test_corrupt_record_is_skipped_with_warning(full_grid):
 
 def test_flags_union_and_data_note(tmp_path):
     res = tmp_path / "r"
-    note = "CIFAR-10 from the JPEG copy in ../shared, not the official data"
+    note = "CIFAR-10 from a JPEG copy, not the official data"
     write(res, make_record(seed=0, flags=["pgd_above_fgsm"], data_note=note))
     write(res, make_record(seed=1, flags=["pgd_above_fgsm", "buffer_changed"], data_note=note))
     written = build_leaderboard(res)
