@@ -56,13 +56,13 @@ def test_an_unwritable_folder_is_one_message(results, tmp_path, capsys, monkeypa
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(atomic, "atomic_write", refuse)
-    assert main([str(results), "--out", str(tmp_path / "ro")]) == 2
+    assert main([str(results), "--out", str(tmp_path / "ro"), "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Permission denied" in err and str(tmp_path / "ro") in err
 
 
 def test_format_picks_outputs_and_a_typo_suggests_the_name(results, tmp_path, capsys):
-    assert main([str(results), "--out", str(tmp_path / "md"), "--format", "md"]) == 0
+    assert main([str(results), "--out", str(tmp_path / "md"), "--format", "md", "--no-plots"]) == 0
     made = {p.name for p in (tmp_path / "md").iterdir()}
     assert {"leaderboard.md", "leaderboard.csv", "leaderboard_runs.csv"} <= made
     assert "leaderboard.html" not in made and "leaderboard.tex" not in made
@@ -76,7 +76,7 @@ def test_format_picks_outputs_and_a_typo_suggests_the_name(results, tmp_path, ca
 
 
 def test_export_robustbench_model_info(results, tmp_path):
-    written = build_leaderboard(results, tmp_path / "lb", formats=[], export=["robustbench"])
+    written = build_leaderboard(results, tmp_path / "lb", formats=[], export=["robustbench"], plots=False)
     folder = written["export_robustbench"] / "cifar10" / "Linf"
     entries = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
     assert len(entries) == 2

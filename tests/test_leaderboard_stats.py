@@ -58,7 +58,7 @@ def test_adjacent_models_are_tied_unless_mcnemar_says_otherwise(tmp_path):
     c = flip(b, 40, 3)                          # 50.0 %: 40 vs 3, p < 0.001
     for name, correct in (("convnorm", a), ("sn", b), ("oni", c)):
         write_model(res, name, 0, correct)
-    written = build_leaderboard(res, formats=["md", "tex"])
+    written = build_leaderboard(res, formats=["md", "tex"], plots=False)
     df = pd.read_csv(written["csv"]).set_index("normalizer")
     assert list(df.index) == ["convnorm", "sn", "oni"]
     assert pd.isna(df.loc["convnorm", "tied_with_above"])
@@ -85,7 +85,7 @@ def test_seeds_pool_their_discordant_examples_and_intervals_use_the_seed_spread(
     for seed in (0, 1):   # 5 vs 0 on seed 0 (p = 0.0625 alone), 11 vs 1 over both (p = 0.006)
         write_model(res, "convnorm", seed, a, seeds=(0, 1))
         write_model(res, "sn", seed, flip(a, 5 + seed, seed), seeds=(0, 1))
-    df = pd.read_csv(build_leaderboard(res, formats=[])["csv"]).set_index("normalizer")
+    df = pd.read_csv(build_leaderboard(res, formats=[], plots=False)["csv"]).set_index("normalizer")
     assert mcnemar_exact(5, 0) > 0.05
     assert df.loc["sn", "tied_with_above"] == False  # noqa: E712
     assert df.loc["sn", "p_vs_above"] == pytest.approx(mcnemar_exact(11, 1))
@@ -98,7 +98,7 @@ def test_without_per_example_outcomes_nothing_is_called_tied(tmp_path):
     res = tmp_path / "r"
     write(res, make_record(normalizer="sn", pgd20=44.0))
     write(res, make_record(normalizer="oni", pgd20=43.9))
-    df = pd.read_csv(build_leaderboard(res, formats=[])["csv"]).set_index("normalizer")
+    df = pd.read_csv(build_leaderboard(res, formats=[], plots=False)["csv"]).set_index("normalizer")
     assert pd.isna(df.loc["oni", "tied_with_above"]) and "no per-example outcomes" in df.loc["oni", "test_vs_above"]
 
 
@@ -113,7 +113,7 @@ def test_simba_rates_on_different_images_use_fishers_test(tmp_path):
         rec["metrics"].pop("worst_case_acc")
         rec["evaluations"]["simba"]["n_images"] = 1000
         write(res, rec)
-    df = pd.read_csv(build_leaderboard(res, formats=[])["csv"]).set_index("normalizer")
+    df = pd.read_csv(build_leaderboard(res, formats=[], plots=False)["csv"]).set_index("normalizer")
     assert list(df.index) == ["convnorm", "oni", "sn"]
     assert df.loc["oni", "tied_with_above"] == True  # noqa: E712  535/1000 against 559/1000
     assert df.loc["sn", "tied_with_above"] == False  # noqa: E712  559/1000 against 606/1000

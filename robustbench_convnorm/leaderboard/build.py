@@ -37,12 +37,13 @@ def _prepare(out: Path) -> None:
 
 def build_leaderboard(results_dir, out_dir=None, rank_by: Optional[str] = None,
                       formats: Optional[Iterable[str]] = None, export: Iterable[str] = (),
-                      alpha: float = stats.ALPHA) -> Dict[str, Path]:
+                      alpha: float = stats.ALPHA, plots: bool = True) -> Dict[str, Path]:
     """Build the leaderboard of RESULTS_DIR's records into out_dir (default: results_dir).
 
     formats: renderer names (default: every registered one: html, md, tex); export:
-    exporter names (e.g. "robustbench"). Returns {"runs_csv", "csv", one key per
-    format, "plot_*" (PNG) and "plot_*_pdf" for each plot, "export_<name>": folder}.
+    exporter names (e.g. "robustbench"); plots=False leaves the plots out (and off the
+    page). Returns {"runs_csv", "csv", one key per format, "plot_*" (PNG) and
+    "plot_*_pdf" for each plot, "export_<name>": folder}.
     Raises FileNotFoundError if results_dir does not exist, ValueError for an unknown
     rank_by, format or export, OutputError if out_dir cannot be written.
     Unreadable records are skipped with a LeaderboardWarning.
@@ -65,7 +66,7 @@ def build_leaderboard(results_dir, out_dir=None, rank_by: Optional[str] = None,
     try:
         atomic.write_csv(written["runs_csv"], lb.runs_df)
         atomic.write_csv(written["csv"], lb.df.drop(columns=["_gkey"]))
-        lb.plots = write_plots(lb, out)
+        lb.plots = write_plots(lb, out) if plots else {}
         for r in renderers:
             written[r.name] = atomic.write_text(out / r.filename, r.render(lb))
         written.update(lb.plots)

@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
                         "the CSVs and plots are always written")
     p.add_argument("--export", metavar="NAME", action="append", default=[],
                    help="also export one entry per model in another leaderboard's format: robustbench")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots (faster; the page has none)")
     p.add_argument("--alpha", type=float, default=0.05, metavar="A",
                    help="significance level of the tests behind 'tied' (default 0.05)")
     return p
@@ -40,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         warnings.simplefilter("always", LeaderboardWarning)
         try:
             written = build_leaderboard(args.results_dir, args.out, args.rank_by, formats=formats,
-                                        export=args.export, alpha=args.alpha)
+                                        export=args.export, alpha=args.alpha, plots=not args.no_plots)
             code = 0
         except (FileNotFoundError, ValueError, OutputError) as exc:
             print(f"error: {exc}", file=sys.stderr)

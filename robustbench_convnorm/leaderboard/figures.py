@@ -67,9 +67,11 @@ def legend_outside(ax) -> None:
 
 
 def save(fig, out_dir: Path, stem: str) -> Dict[str, Path]:
-    """PNG (for the page) and PDF (for a paper), both atomically."""
-    png = atomic.save_figure(fig, out_dir / f"{stem}.png", dpi=PNG_DPI, bbox_inches="tight")
-    pdf = atomic.save_figure(fig, out_dir / f"{stem}.pdf", bbox_inches="tight")
+    """PNG (for the page) and PDF (for a paper), both atomically, cropped to what was drawn.
+    The crop is measured once: bbox_inches="tight" would draw the figure again for each file."""
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
+    png = atomic.save_figure(fig, out_dir / f"{stem}.png", dpi=PNG_DPI, bbox_inches=box)
+    pdf = atomic.save_figure(fig, out_dir / f"{stem}.pdf", bbox_inches=box)
     return {"png": png, "pdf": pdf}
 
 

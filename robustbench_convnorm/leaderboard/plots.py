@@ -135,11 +135,14 @@ def plot_sweep(lb: Leaderboard, out: Path, vary: str) -> Optional[Dict[str, Path
     fig, (ax,) = figure(title, caption)
     style, many = styles(lb.groups), _many_contexts(lb)
     order = {g.key: i for i, g in enumerate(lb.ranked_groups())}
-    for (gkey, fam), xs in sorted(lines.items(), key=lambda kv: (order[kv[0][0]], str(kv[0][1]))):
+    scale = 255.0 if vary == "eps" else 1.0
+    span = (max(x for xs in lines.values() for x in xs) - min(x for xs in lines.values() for x in xs)) * scale
+    for i, ((gkey, fam), xs) in enumerate(sorted(lines.items(), key=lambda kv: (order[kv[0][0]], str(kv[0][1])))):
         g, s = lb.group(gkey), style[gkey]
         x = sorted(xs)
         pts = [_point([a for a, _ in xs[v]], [n for _, n in xs[v]], lb.alpha) for v in x]
-        xplot = [v * 255 for v in x] if vary == "eps" else x
+        dodge = (i - (len(lines) - 1) / 2) * 0.008 * span  # side by side, so the error bars stay readable
+        xplot = [v * scale + dodge for v in x]
         mean = [p[0] for p in pts]
         err = np.array([[m - lo if not math.isnan(lo) else 0.0 for m, lo, _ in pts],
                         [hi - m if not math.isnan(hi) else 0.0 for m, _, hi in pts]])
