@@ -41,7 +41,9 @@ def tabular(header: List[str], rows: List[List[str]], align: str, caption: str, 
 
 
 def _settings_sentence(lb: Leaderboard) -> str:
-    attacks = "; ".join(describe(m, lb.settings, lb.info) for m in lb.info.attack_rows() if m != "clean_acc")
+    phrases = [describe(m, lb.settings, lb.info) for m in lb.info.attack_rows()
+               if m != "clean_acc" and not m.endswith("_avg_queries")]  # the queries share their rate's settings
+    attacks = "; ".join(dict.fromkeys(phrases))
     return tex(f"Test accuracy (%) on {data_phrase(lb.settings)}" + (f"; {attacks}" if attacks else "") + ".")
 
 

@@ -77,7 +77,7 @@ def collect(groups: Sequence[Group], info: MetricInfo) -> Settings:
         if ctx["train_method"] != "natural":
             parts.append(f"eps {fmt_eps(ctx['train_eps'])}")
         if tr.get("epochs") is not None:
-            parts.append(f"{tr['epochs']} epochs")
+            parts.append(f"{tr['epochs']} epoch{'' if tr['epochs'] == 1 else 's'}")
         if tr.get("replays") is not None and ctx["train_method"] == "free":
             parts.append(f"m={tr['replays']}")
         t = ", ".join(parts)
