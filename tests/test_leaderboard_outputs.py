@@ -4,6 +4,7 @@ import re
 from html.parser import HTMLParser
 
 import matplotlib.colors as mcolors
+import pandas as pd
 import pytest
 
 from leaderboard_records import EPS, make_record, write
@@ -142,3 +143,26 @@ def test_plots_pdf_and_png_with_settings_intervals_and_one_colour_per_normalizer
     layer_ax = figs["layer_norms"].axes[0]
     assert any(line.get_ydata()[0] == 1.0 for line in layer_ax.get_lines())  # the σ = 1 line
     assert "cifar10 · resnet18" in layer_ax.get_title()
+
+
+def test_metrics_of_the_new_attack_results_get_titles_and_places(tmp_path):
+    res = tmp_path / "r"
+    for norm, shift in (("sn", 0.0), ("oni", -3.0)):
+        rec = make_record(normalizer=norm, worst=30.0 + shift, simba=(60.0, 900.0), extra_evals={
+            "autoattack_fast": {"kind": "whitebox", "type": "autoattack", "eps": EPS, "version": "fast",
+                                "acc": 38.0 + shift}})
+        rec["metrics"].update(worst_case_whitebox_acc=37.0 + shift, simba_prob_success_rate=70.0,
+                              simba_prob_avg_queries=800.0, simba_prob_saturated_frac=0.12)
+        rec["evaluations"]["simba_prob"] = {"kind": "blackbox", "type": "simba", "step": 0.2, "n_images": 100}
+        write(res, rec)
+    written = build_leaderboard(res, formats=["md", "tex"], plots=False)
+    df = pd.read_csv(written["csv"])
+    md = written["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| rank |"))
+    titles = [t.strip() for t in header.split("|")[1:-1]]
+    order = ["clean", "FGSM", "PGD-10", "PGD-20", "AutoAttack (fast)", "worst case (white-box)", "worst case",
+             "SimBA success %", "SimBA avg queries", "SimBA prob success %", "SimBA prob avg queries"]
+    assert [t for t in titles if t in order] == order
+    assert "Ranked within each dataset by **AutoAttack (fast)**" in md  # the strongest white-box attack
+    assert df["simba_prob_saturated_frac_mean"].tolist() == [0.12, 0.12]
+    assert "AutoAttack (fast)" in written["tex"].read_text()
