@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import re
 from importlib import resources
 from typing import Any, Dict, List, Optional
@@ -203,12 +204,16 @@ def problems(lb: Leaderboard) -> List[Dict[str, Any]]:
     return out
 
 
-@register_renderer("html", "leaderboard.html")
-def render(lb: Leaderboard) -> str:
+@functools.lru_cache(maxsize=1)
+def _environment():
     from jinja2 import Environment, PackageLoader
 
-    env = Environment(loader=PackageLoader(__package__, "templates"), autoescape=True,
-                      trim_blocks=False, lstrip_blocks=False)
+    return Environment(loader=PackageLoader(__package__, "templates"), autoescape=True)
+
+
+@register_renderer("html", "leaderboard.html")
+def render(lb: Leaderboard) -> str:
+    env = _environment()
     caption = (how_ranked(lb).replace("**", "") if lb.rank_metric else "Not ranked: no metric to rank by.")
     caption += (f" Cells: mean ± sample std over finished seeds, or the mean with its 95% interval. "
                 f"\"(tied)\": not significantly different from the model above (exact McNemar, α = {lb.alpha:g}); "
