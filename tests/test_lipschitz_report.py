@@ -208,6 +208,27 @@ def test_report_of_untagged_harness_layers_and_layers_it_cannot_fully_handle(cap
     assert report["lip_product_log10"] == pytest.approx(sum(math.log10(r["spectral_norm"]) for r in rows.values()))
 
 
+def test_report_marks_paddings_the_bounds_do_not_cover():
+    """Reflect padding enlarges the input before the conv; a circular padding
+    wider than the kernel's reach repeats outputs (the layer's norm then
+    exceeds the circular conv's). Neither layer is conv2d(x, weight) with
+    zero or proper circular padding, so the bounds are the weight's."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", bias=False),
+                          nn.Conv2d(3, 3, 3, padding=2, padding_mode="circular", bias=False))
+    report = lip.model_report(model.double(), (2, 6, 6), power_iters=500, power_tol=1e-10)
+    reflect, wide = report["layers"]
+    for r in (reflect, wide):
+        assert r["bounds_of"] == "weight" and r["exact_circular"] is None and r["tn_check"] is None
+    assert wide["out_size"] == [8, 8]
+    twin = nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular", bias=False).double()
+    twin.weight.data.copy_(model[1].weight.data)
+    circular = float(singular_values(explicit_operator(twin, (3, 6, 6)))[0])
+    assert wide["spectral_norm"] > circular * 1.01  # repeated outputs: more than the circular conv
+    assert [w.split(":")[0] for w in report["warnings"]] == ["0", "1"]
+    assert all("padding_mode=" in w for w in report["warnings"])
+
+
 def test_report_of_a_model_without_conv_layers_says_so():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
     report = lip.model_report(model, (3, 4, 4))

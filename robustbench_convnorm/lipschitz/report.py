@@ -50,10 +50,11 @@ class _Options:
         self.__dict__.update(kw)
 
 
-def _weight_columns(name: str, module: nn.Module, row: Dict[str, Any], in_shape: tuple, opt: _Options,
+def _weight_columns(name: str, module: nn.Module, row: Dict[str, Any], shapes: Tuple[tuple, tuple], opt: _Options,
                     notes: List[str]) -> Tuple[Optional[torch.Tensor], bool]:
     """Fill the weight-based columns; returns (the kernel convolved, whether
     it is the layer's own operator)."""
+    in_shape, out_shape = shapes
     c_in, H, W = in_shape
     with EvalMode(module), torch.no_grad():
         weight = getattr(module, "weight", None)
@@ -66,13 +67,16 @@ def _weight_columns(name: str, module: nn.Module, row: Dict[str, Any], in_shape:
                          f"only the power-iteration norm and the condition numbers of the layer")
         return None, False
     mode = getattr(module, "padding_mode", "zeros")
-    is_op = weight_is_operator(module, in_shape)
-    of_layer = is_op and mode in ("zeros", "circular")
-    if is_op and not of_layer:
-        notes.append(f"{name}: padding_mode={mode!r} enlarges the input before the conv, so the bounds are those of "
-                     f"its weight's conv on the padded input, not of the layer (marked 'weight')")
-    kernel = dilate_kernel(weight.detach(), getattr(module, "dilation", 1))
     stride = pair(getattr(module, "stride", 1))
+    is_op = weight_is_operator(module, in_shape)
+    # a circular padding wider than the kernel's reach repeats outputs, which the bounds do not cover
+    wraps_twice = mode == "circular" and any(o > -(-i // s) for o, i, s in zip(out_shape[1:], in_shape[1:], stride))
+    of_layer = is_op and (mode == "zeros" or (mode == "circular" and not wraps_twice))
+    if is_op and not of_layer:
+        notes.append(f"{name}: padding_mode={mode!r} with padding {getattr(module, 'padding', None)} enlarges the "
+                     f"input beyond a plain or circular conv, so the bounds are those of its weight's conv on the "
+                     f"padded input, not of the layer (marked 'weight')")
+    kernel = dilate_kernel(weight.detach(), getattr(module, "dilation", 1))
     b = all_bounds(kernel, stride, (H, W) if (opt.exact and of_layer) else None, groups=groups,
                    measured=row["spectral_norm"] if of_layer else None,
                    generator=opt.cpu_gen if kernel.device.type == "cpu" else None,
@@ -126,7 +130,7 @@ def _layer_row(name: str, module: nn.Module, shapes: Tuple[tuple, tuple], opt: _
                      f"numbers cover 2-D convolutions")
         return row, notes
     try:
-        kernel, of_layer = _weight_columns(name, module, row, in_shape, opt, notes)
+        kernel, of_layer = _weight_columns(name, module, row, shapes, opt, notes)
         H, W = in_shape[1:]
         sh, sw = row["stride"] or (1, 1)
         if of_layer and divisible((H, W), (sh, sw)):
@@ -187,9 +191,10 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
 
     Example::
 
-        >>> report = model_report(torchvision.models.resnet18(), (3, 64, 64))
-        >>> report["layers"][0]["role"], report["warnings"]
-        ('untagged', [])
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
+        >>> report = model_report(model, (3, 32, 32))
+        >>> [r["role"] for r in report["layers"]], report["warnings"]
+        (['untagged', 'untagged'], [])
     """
     device, _ = device_dtype(model)
     gen = torch.Generator(device=device)
