@@ -10,6 +10,9 @@ import pytest
 from leaderboard_records import EPS, GRID, ROOT, make_record, write
 from robustbench_convnorm.leaderboard import LeaderboardWarning, build_leaderboard, main
 
+# the tables alone, for tests that look at no plot or page (the default build writes them all)
+TABLES = {"formats": ["md"], "plots": False}
+
 
 @pytest.fixture
 def full_grid(tmp_path):
@@ -25,7 +28,7 @@ def read_csv(path):
 
 
 def test_means_and_stds_match_hand_computation(full_grid):
-    written = build_leaderboard(full_grid)
+    written = build_leaderboard(full_grid, **TABLES)
     df = read_csv(written["csv"]).set_index("normalizer")
     for norm, vals in GRID.items():
         row = df.loc[norm]
@@ -51,7 +54,7 @@ def test_means_and_stds_match_hand_computation(full_grid):
 def test_one_seed_std_is_empty(tmp_path):
     res = tmp_path / "r"
     write(res, make_record(seeds=[0]))
-    df = read_csv(build_leaderboard(res)["csv"])
+    df = read_csv(build_leaderboard(res, **TABLES)["csv"])
     assert df.loc[0, "pgd20_acc_mean"] == 44.0
     assert math.isnan(df.loc[0, "pgd20_acc_std"])
     md = (res / "leaderboard.md").read_text()
@@ -59,7 +62,7 @@ def test_one_seed_std_is_empty(tmp_path):
 
 
 def test_ranking_by_strongest_whitebox_and_rank_by(full_grid):
-    written = build_leaderboard(full_grid)
+    written = build_leaderboard(full_grid, **TABLES)
     df = read_csv(written["csv"])
     # pgd20 is the lowest white-box column; convnorm (44.87) > sn (44.5) > oni (41.1)
     assert list(df["normalizer"]) == ["convnorm", "sn", "oni"]
@@ -75,14 +78,14 @@ def test_ranking_by_strongest_whitebox_and_rank_by(full_grid):
     assert f"{m:.2f} ± {s:.2f}" in md
 
     # clean accuracy ranks convnorm, sn, oni too; rank by fgsm: convnorm 52.9 > sn 52.37 > oni
-    df = read_csv(build_leaderboard(full_grid, rank_by="clean_acc")["csv"])
+    df = read_csv(build_leaderboard(full_grid, rank_by="clean_acc", **TABLES)["csv"])
     assert list(df["normalizer"]) == ["convnorm", "sn", "oni"]
     # lower is better for the time per epoch: make oni fastest
     for seed in range(3):
         rec = make_record(normalizer="oni", seed=seed, sec_per_epoch=5.0,
                           **{k: v[seed] for k, v in GRID["oni"].items()})
         write(full_grid, rec)
-    df = read_csv(build_leaderboard(full_grid, rank_by="train_seconds_per_epoch")["csv"])
+    df = read_csv(build_leaderboard(full_grid, rank_by="train_seconds_per_epoch", **TABLES)["csv"])
     assert df.iloc[0]["normalizer"] == "oni"
     with pytest.raises(ValueError, match="no such metric"):
         build_leaderboard(full_grid, rank_by="nonsense")
@@ -97,7 +100,7 @@ def test_failed_missing_and_running_runs_are_reported(tmp_path):
     write(res, make_record(normalizer="oni", seed=0, pgd20=41.0))  # seeds 1, 2: no record
     write(res, make_record(normalizer="ocnn", seed=0, status="running"))
     write(res, make_record(normalizer="ocnn", seed=1, status="failed", error={"epoch": 0, "reason": "OOM"}))
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"]).set_index("normalizer")
     sn = df.loc["sn"]
     assert (sn["n_seeds"], sn["n_failed"], sn["n_expected"]) == (2, 1, 3)
@@ -129,7 +132,7 @@ def test_expected_seeds_from_union_when_config_has_none(tmp_path):
     rec = make_record(normalizer="oni", seed=0)
     del rec["config"]["seeds"]
     write(res, rec)
-    df = read_csv(build_leaderboard(res)["csv"]).set_index("normalizer")
+    df = read_csv(build_leaderboard(res, **TABLES)["csv"]).set_index("normalizer")
     assert df.loc["sn", "status"] == "ok"
     assert df.loc["oni", "status"] == "1/2 finished, missing seeds 1"
 
@@ -142,7 +145,7 @@ def test_corrupt_record_is_skipped_with_warning(full_grid):
     notrec.mkdir()
     (notrec / "record.json").write_text("[1, 2]")
     with pytest.warns(LeaderboardWarning) as caught:
-        written = build_leaderboard(full_grid)
+        written = build_leaderboard(full_grid, **TABLES)
     messages = " ".join(str(w.message) for w in caught)
     assert "half-written" in messages and "not-a-record" in messages
     assert len(read_csv(written["runs_csv"])) == 9
@@ -155,7 +158,7 @@ def test_flags_union_and_data_note(tmp_path):
     note = "CIFAR-10 from a JPEG copy, not the official data"
     write(res, make_record(seed=0, flags=["pgd_above_fgsm"], data_note=note))
     write(res, make_record(seed=1, flags=["pgd_above_fgsm", "buffer_changed"], data_note=note))
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"])
     assert df.loc[0, "flags"] == "buffer_changed;pgd_above_fgsm"
     runs = read_csv(written["runs_csv"])
@@ -227,7 +230,7 @@ def test_no_whitebox_ranks_by_simba(tmp_path):
 
 def test_empty_results_dir_and_missing_dir(tmp_path):
     (tmp_path / "empty" / "runs").mkdir(parents=True)
-    written = build_leaderboard(tmp_path / "empty")
+    written = build_leaderboard(tmp_path / "empty", **TABLES)
     assert "No run records found." in written["md"].read_text()
     assert read_csv(written["csv"]).empty
     with pytest.raises(FileNotFoundError):
@@ -255,7 +258,7 @@ def test_odd_but_readable_records_do_not_crash(tmp_path):
     rec = make_record(normalizer="sn", seed=3, seeds=[3, 4], train_eps=round(EPS, 13))
     rec["timings"] = {"train_seconds": 10, "epochs_done": 4}  # per-epoch time derived
     write(res, rec, name="c")
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"])
     sn = df[df["normalizer"] == "sn"].iloc[0]
     assert sn["n_seeds"] == 2 and "missing seeds 4" in sn["status"]  # both eps spellings group together
@@ -281,7 +284,7 @@ def test_variants_are_separate_models_and_bn_label(tmp_path):
                                                                                   "train.eps": EPS}),
               name=f"sn-lr0.01-{seed}")
         write(res, make_record(normalizer="bn", seed=seed, pgd20=5.0, normalizer_options={}), name=f"bn-{seed}")
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"])
     assert list(df["model"]) == ["convnorm+BN [kernel=3]", "convnorm+BN [kernel=5]", "sn+BN [lr=0.1]",
                                  "sn+BN [lr=0.01]", "bn"]
@@ -299,7 +302,7 @@ def test_rerun_of_a_seed_counts_once(tmp_path):
     write(res, make_record(seed=0, pgd20=42.0, created="2026-01-02T00:00:00"), name="new")
     write(res, make_record(seed=1, pgd20=40.0, created="2026-01-01T00:00:00"), name="s1a")
     write(res, make_record(seed=1, pgd20=44.0, created="2026-01-03T00:00:00"), name="s1b")
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     row = read_csv(written["csv"]).iloc[0]
     assert (row["n_seeds"], row["n_failed"]) == (2, 0)
     assert row["pgd20_acc_mean"] == pytest.approx(43.0)  # the newest finished record of each seed
@@ -313,7 +316,7 @@ def test_tied_attacks_rank_by_the_later_one_and_md_shows_headline_metrics(tmp_pa
         rec = make_record(normalizer=norm, fgsm=13.0, pgd10=13.0, pgd20=13.0)
         rec["metrics"]["simba_mean_l2"] = 0.82
         write(res, rec)
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     md = written["md"].read_text()
     assert "Ranked within each dataset by **PGD-20**" in md
     assert "simba mean l2" not in md
@@ -326,6 +329,6 @@ def test_grid_seeds_reveal_a_seed_missing_for_every_model(tmp_path):
     for norm in ("sn", "oni"):
         for seed in (0, 1):                       # seed 2 of the grid never ran for anyone
             write(res, make_record(normalizer=norm, seed=seed, grid_seeds=[0, 1, 2]))
-    df = read_csv(build_leaderboard(res)["csv"]).set_index("normalizer")
+    df = read_csv(build_leaderboard(res, **TABLES)["csv"]).set_index("normalizer")
     for norm in ("sn", "oni"):
         assert df.loc[norm, "status"] == "2/3 finished, missing seeds 2"
