@@ -25,7 +25,7 @@ ROWS = "Array.from(document.querySelectorAll('table.ranked tbody tr'))"
 
 def _apt_install() -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-liberation"]
     if subprocess.run(install, env=env, capture_output=True, timeout=1200).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
         subprocess.run(install, env=env, capture_output=True, timeout=1200)
