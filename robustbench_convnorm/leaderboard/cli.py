@@ -22,7 +22,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RESULTS_DIR)")
     p.add_argument("--format", metavar="NAMES", default=None,
                    help=f"comma-separated output formats (default: all of {', '.join(renderer_names())}); "
-                        "the CSVs and plots are always written")
+                        "the CSVs are always written, the plots unless --no-plots")
     p.add_argument("--export", metavar="NAME", action="append", default=[],
                    help="also export one entry per model in another leaderboard's format: robustbench")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (faster; the page has none)")
