@@ -55,3 +55,19 @@ def tiny_copy(source: Path, target: Path, per_class: Dict[str, int]) -> Path:
                     taken[parts[-2]] += 1
                     dst.writestr(info.filename, src.read(info))
     return target
+
+
+def data_section(data: Optional[Path], train_fraction: float = 1.0, cache: bool = True) -> Dict:
+    """The config's data section: the JPEG copy in ``data`` (a class-stratified
+    ``train_fraction`` of its training images), or, when ``data`` is None,
+    512 generated 32x32 images of 10 classes (times ``train_fraction``)."""
+    augment = {"crop_padding": 4, "flip": True}
+    if data is None:
+        return {"source": "synthetic", "augment": augment,
+                "options": {"n_train": max(10, round(512 * train_fraction)), "n_test": 256, "num_classes": 10,
+                            "size": 32}}
+    section = {"source": "imagefolder", "root": str(data), "options": {**OPTIONS, "cache": cache},
+               "augment": augment}
+    if train_fraction < 1.0:
+        section["train_fraction"] = train_fraction
+    return section

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from benchmarks import cifar_jpeg
-from benchmarks.table8 import data_section
+from benchmarks.cifar_jpeg import data_section
 from robustbench_convnorm import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--no-cache", action="store_true", help="do not cache the decoded images")
-    p.add_argument("--device", default="auto", help="the config's device: auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="the config's device (auto, cpu or cuda); the runs must use it")
     p.add_argument("--work", default=str(Path(__file__).resolve().parent / "out" / "e2e"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "e2e.json"))
     args = p.parse_args(argv)
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     checks = checks_after_stop(first, read_runs(work / "results"))
     second = run_cli(config, [], work / "second.log")
     runs = read_runs(work / "results")
-    device = "cuda" if args.device == "auto" and _cuda() else ("cpu" if args.device == "auto" else args.device)
+    device = args.device if args.device != "auto" else str(next(iter(runs.values()), {}).get("device", "?"))
     checks += checks_after_resume(second, runs, args.epochs, device)
     result = {"ok": all(c["ok"] for c in checks), "checks": checks, "config": str(config),
               "commands": [{k: v for k, v in c.items() if k != "stdout"} for c in (first, second)],
@@ -160,11 +160,6 @@ def main(argv=None) -> int:
         print(f"[{'ok' if c['ok'] else 'FAILED'}] {c['check']}: {c['detail']}")
     return 0 if result["ok"] else 1
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

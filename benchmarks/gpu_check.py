@@ -114,14 +114,14 @@ def _attacks(c: Context) -> List[str]:
 
 
 def _table8(c: Context) -> List[str]:
-    size = (["--batch", "32", "--warmup-fraction", "0", "--no-cache", *TINY] if c.rehearse else [])
+    size = (["--batch", "32", "--warmup-fraction", "0", "--no-cache", *TINY] if c.rehearse else ["--device", "cuda"])
     return ["-m", "benchmarks.table8", *c.data_args(), *size, "--work", str(c.work / "table8"),
             "--out", str(c.work / "table8.csv")]
 
 
 def _e2e(c: Context) -> List[str]:
     size = (["--batch", "32", "--eval-images", "20", "--val-examples", "20", "--no-cache", *TINY] if c.rehearse
-            else ["--train-fraction", "0.2", "--eval-images", "1000"])
+            else ["--train-fraction", "0.2", "--eval-images", "1000", "--device", "cuda"])
     return ["-m", "benchmarks.e2e", *c.data_args(), *size, "--work", str(c.work / "e2e"),
             "--out", str(c.work / "e2e.json")]
 

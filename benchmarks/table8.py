@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from benchmarks import cifar_jpeg
+from benchmarks.cifar_jpeg import data_section
 from benchmarks.common import Table, command_line
 from benchmarks.replay import pick_device
 from robustbench_convnorm import atomic
@@ -42,22 +43,6 @@ OUT = Path(__file__).resolve().parent / "out" / "table8.csv"
 #: [CN] Table 8: seconds per epoch, ResNet-18, CIFAR-10, one RTX 8000
 PAPER_SECONDS = {"vanilla": 21.0, "convnorm": 60.0, "cayley": 182.0}
 PAPER_GPU = "RTX 8000"
-
-
-def data_section(data: Optional[Path], train_fraction: float = 1.0, cache: bool = True) -> Dict:
-    """The config's data section: the JPEG copy in ``data`` (a class-stratified
-    ``train_fraction`` of its training images), or, when ``data`` is None,
-    512 generated 32x32 images of 10 classes (times ``train_fraction``)."""
-    augment = {"crop_padding": 4, "flip": True}
-    if data is None:
-        return {"source": "synthetic", "augment": augment,
-                "options": {"n_train": max(10, round(512 * train_fraction)), "n_test": 256, "num_classes": 10,
-                            "size": 32}}
-    section = {"source": "imagefolder", "root": str(data), "options": {**cifar_jpeg.OPTIONS, "cache": cache},
-               "augment": augment}
-    if train_fraction < 1.0:
-        section["train_fraction"] = train_fraction
-    return section
 
 
 def run_config(data: Dict, normalizer: str, *, width: float, batch: int, work: Path, device: str,
