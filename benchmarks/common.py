@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import os
 import platform
 import shlex
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from robustbench_convnorm import atomic
 
 
 def device_description(device: torch.device) -> str:
@@ -63,17 +66,14 @@ class Table:
 
     def write(self, path: Path) -> Path:
         """The CSV, written atomically (no half-written file if interrupted)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         fields: List[str] = []
         for row in self.rows:
             fields += [k for k in row if k not in fields]
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, path)
-        return path
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return atomic.write_text(Path(path), buf.getvalue())
 
     def markdown(self, columns: Sequence[str], title: str = "") -> str:
         return markdown_table(self.rows, columns, title)

@@ -97,10 +97,10 @@ def test_a_part_over_its_budget_is_cut_with_its_children_and_the_next_runs(tmp_p
 
 
 def test_the_plan_fits_a_lent_machine():
-    """Eight minutes on one H100 (a minute of it left for start-up and
-    packing), at most eight files back with plain names, one command under
-    2000 characters that carries the wheel and the data."""
-    assert sum(p.budget_s for p in gpu_check.PARTS) <= 7 * 60 + 20
+    """Eight minutes on one H100 (20 s of it left for the check's own start-up
+    and packing), at most eight files back with plain names, one command
+    under 2000 characters that carries the wheel and the data."""
+    assert sum(p.budget_s for p in gpu_check.PARTS) <= 8 * 60 - 20
     assert all(p.estimate_s <= p.budget_s for p in gpu_check.PARTS)
     assert len(gpu_check.OUTPUTS) <= 8
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in gpu_check.OUTPUTS)
