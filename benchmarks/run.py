@@ -69,7 +69,12 @@ def main(argv=None) -> int:
                         "and regenerate docs/benchmarks.md")
     args = p.parse_args(argv)
     if args.from_gpu_check:
-        for path in record_gpu_check(Path(args.from_gpu_check)):
+        try:
+            recorded = record_gpu_check(Path(args.from_gpu_check))
+        except (OSError, ValueError) as err:
+            print(f"nothing recorded: {err}", file=sys.stderr)
+            return 2
+        for path in recorded:
             print(f"recorded {path}")
         print(f"updated {update_doc()}")
         print(f"verdicts for speed.py: python -m benchmarks.verdicts {args.from_gpu_check}")
