@@ -91,9 +91,14 @@ def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str], ti
                 + f", {first['date']}" + (f", load average {first['load_avg_1min']}" if first.get('load_avg_1min')
                                           else ""))
     head.append(f"command: `{first['command']}`")
-    lines = ["  \n".join(head), "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "  \n".join(head) + "\n\n" + table_rows(rows, columns)
+
+
+def table_rows(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
+    """The bare markdown table (header, rule, one line per row; ``|`` in a cell escaped)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

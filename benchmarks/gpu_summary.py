@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from benchmarks import report
+from benchmarks.common import table_rows
 from benchmarks.verdicts import render
 
 
@@ -21,10 +22,7 @@ def _rows(path: Path) -> List[Dict[str, str]]:
 def _table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
     if not rows:
         return "no rows (see the part's status above and its log in logs.tar.gz)\n"
-    shown = [c for c in columns if any(str(r.get(c, "")) != "" for r in rows)]
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in shown) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return table_rows(rows, [c for c in columns if any(str(r.get(c, "")) != "" for r in rows)])
 
 
 def _environment(env: Dict) -> str:
