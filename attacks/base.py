@@ -44,6 +44,13 @@ from torch import nn
 from ._options import (as_bool, as_choice, as_float, as_int, format_value, fraction_text,  # noqa: F401
                        name_suffix)
 
+__all__ = [
+    "KINDS", "BatchOutcome", "EvalOutcome", "Evaluator", "add_totals", "as_bool", "as_choice", "as_float", "as_int",
+    "attack_batches", "batch_generator", "batches", "check_columns", "combine", "draw_seed", "example_seeds",
+    "format_value", "fraction_text", "mix_seed", "model_device", "name_suffix", "percent", "perturbation_norms",
+    "seeded_global_rng",
+]
+
 KINDS = ("clean", "whitebox", "blackbox")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

@@ -34,6 +34,14 @@ from ._probes import BATCH_RTOL, DETERMINISM_RTOL, ZERO_GRAD_FRACTION, probe_mod
 from ._state import (StateChangedError, assert_eval_mode, assert_state_unchanged, state_fingerprint,  # noqa: F401
                      training_modules)
 
+__all__ = [
+    "ALPHA", "BATCH_RTOL", "CHANCE_MARGIN", "DETERMINISM_RTOL", "EPS_TOL", "LARGE_EPS", "ZERO_GRAD_FRACTION",
+    "Result", "StateChangedError", "add_counts", "assert_eval_mode", "assert_state_unchanged", "binomial_tail",
+    "broken_in_threat_model", "comparison_flags", "in_threat_model", "infer_threat_model", "outcome_flags",
+    "paired_excess", "probe_model", "state_fingerprint", "training_modules", "validate_adversarial",
+    "validity_flags", "worst_case_correct",
+]
+
 #: float tolerance on the eps-ball (x + eps rounds to within a few ulp of 1.0)
 EPS_TOL = 1e-6
 #: L_inf radius from which accuracy should be near chance (every image can become grey)

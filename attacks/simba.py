@@ -15,9 +15,12 @@ can be split between processes.
 
 The outcome does not depend on the batch size only up to float rounding: a
 model's float32 outputs for one image can differ in the last bits with the
-batch it is computed in (other kernels, other summation orders), and such a
-difference can flip a close comparison between two scores. Runs at batch
-sizes 1, 7 and 50 agree on nearly every image, not bit for bit.
+batch it is computed in (other kernels, other summation orders), such a
+difference can flip a close comparison between two scores, and the image's
+path diverges from there. Runs at batch sizes 1, 7 and 50 are not
+bit-identical; on a trained ConvNorm model they differed in outcome on 12-17%
+of the images (docs/evaluators.md). Per-image outcomes are reproducible at
+one batch size, on one rank or several.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ from ._simba_core import (SCORES, Basis, SimBAResult, dct_matrix, n_coordinates,
                           simba_attack)
 from .base import BatchOutcome, EvalOutcome, Evaluator, as_choice, as_float, as_int, fraction_text
 from .registry import register_evaluator
+
+__all__ = ["SCORES", "Basis", "SimBA", "SimBAResult", "dct_matrix", "n_coordinates", "prob_saturated",
+           "simba_attack", "success_curve", "summarize"]
 
 DEFAULTS = {"basis": "pixel", "step": 0.2, "max_iters": None, "linf_bound": None, "freq_dims": None,
             "score": "log_odds", "n_images": 1000}

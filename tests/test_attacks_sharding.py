@@ -4,7 +4,6 @@ No torch.distributed here: the ranks are threads that take turns, and the
 gather hands each rank every rank's object in rank order."""
 import threading
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
