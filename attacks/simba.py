@@ -18,8 +18,8 @@ model's float32 outputs for one image can differ in the last bits with the
 batch it is computed in (other kernels, other summation orders), such a
 difference can flip a close comparison between two scores, and the image's
 path diverges from there. Runs at batch sizes 1, 7 and 50 are not
-bit-identical; on a trained ConvNorm model they differed in outcome on 12-17%
-of the images (docs/evaluators.md). Per-image outcomes are reproducible at
+bit-identical; on the trained quickstart models up to 17% of the outcomes
+differed (docs/evaluators.md). Per-image outcomes are reproducible at
 one batch size, on one rank or several.
 """
 from __future__ import annotations
