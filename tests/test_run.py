@@ -53,7 +53,7 @@ def records(out_dir):
 
 
 def comparable(rec):
-    drop = {"timings", "created", "git_sha", "config", "evaluations"}
+    drop = {"timings", "created", "git_sha", "config", "evaluations", "worker"}
     out = {k: v for k, v in rec.items() if k not in drop}
     out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
                           for k, v in rec["evaluations"].items()}
