@@ -152,6 +152,8 @@ def _read_cache(path: Path, n: int):
 
 
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    atomic.remove_orphan_temps(path.parent)  # a killed decode leaves a large temporary file
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez(f, x=x, y=y)
