@@ -117,7 +117,7 @@ class EvalConfig:
     n_examples: Optional[int] = _opt(None, min=1, doc="test examples to evaluate (null: all)")
     batch_size: int = _opt(256, min=1)
     seed: int = _opt(0, min=0, max=MAX_SEED, doc="fixes which examples are evaluated and the attacks' randomness")
-    checks: bool = _opt(True, doc="run the sanity checks of EVALUATION.md")
+    checks: bool = _opt(True, doc="run the sanity checks (docs/evaluators.md) that produce flags")
     lipschitz: bool = _opt(True, doc="record per-layer spectral norms and bounds")
     evaluators: List[Dict[str, Any]] = _opt(factory=lambda: [{"type": "clean"}],
                                             doc="list of {type: ..., options...}")
