@@ -41,8 +41,8 @@ __all__ = ["CheckpointError", "CheckpointMismatch", "save_checkpoint", "save_ato
            "restore_rng_states", "load_model", "KILL_IN_CHECKPOINT_ENV"]
 
 _log = logging.getLogger(__name__)
-#: keys every training checkpoint holds; a file without them is not one
-_REQUIRED = ("epoch", "finished", "model", "run_config")
+#: keys every training checkpoint holds; a file without them cannot resume a run
+_TRAINING_KEYS = ("epoch", "finished", "model", "run_config")
 #: Test hook: "<epoch>:<point>" SIGKILLs the process inside the checkpoint
 #: write of that epoch, at ``written`` (temporary file complete), ``listed``
 #: (its hash listed) or ``rotated`` (the old checkpoint moved to .prev).
@@ -161,9 +161,8 @@ def load_checkpoint(path, map_location="cpu", *, log: Optional[Callable[[str], A
     except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, UnpicklingError...)
         raise CheckpointError(f"{path} cannot be read as a checkpoint ({err.__class__.__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); it is truncated or damaged") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED):
-        raise CheckpointError(f"{path} is not a training checkpoint of this harness (keys "
-                              f"{', '.join(_REQUIRED)} missing)")
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this harness (no 'model' state)")
     if listed is None:
         (log or _log.warning)(f"  {path.name} has no stored checksum (written before checksums were kept); "
                               f"loaded unverified")
@@ -189,6 +188,9 @@ def load_latest(path, map_location="cpu", log: Callable[[str], Any] = print
             continue
         try:
             ckpt = load_checkpoint(cand, map_location, log=log)
+            missing = [k for k in _TRAINING_KEYS if k not in ckpt]
+            if missing:
+                raise CheckpointError(f"{cand} is not a training checkpoint (no {', '.join(missing)})")
         except FileNotFoundError:
             continue
         except CheckpointError as err:
