@@ -98,6 +98,15 @@ def _listed(path: Path) -> Optional[Dict[str, str]]:
     return out
 
 
+def _vouched(path: Path, listed: Optional[Dict[str, str]]) -> Optional[str]:
+    """The file's SHA-256 when it exists and is good (listed, or written before
+    checksums were kept), else None."""
+    if not path.exists():
+        return None
+    digest = sha256_file(path)
+    return digest if listed is None or digest in listed else None
+
+
 def _fault(point: str, state: Dict[str, Any]) -> None:
     if os.environ.get(KILL_IN_CHECKPOINT_ENV) == f"{state.get('epoch')}:{point}":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -122,14 +131,15 @@ def save_checkpoint(state: Dict[str, Any], path, *, guard: Optional[Callable[[],
         _fault("written", state)
         if guard is not None:
             guard()
+        # the good checkpoint to keep as .prev: the current one, else the present .prev
         listed = _listed(path)
-        vouched = lambda p: p.exists() and (listed is None or sha256_file(p) in listed)  # noqa: E731
-        keep = [(sha256_file(path), prev.name)] if vouched(path) else \
-            [(sha256_file(prev), prev.name)] if vouched(prev) else []
-        lines = [f"{digest}  {path.name}"] + [f"{h}  {name}" for h, name in keep]
+        current = _vouched(path, listed)
+        rotate = current is not None and current != digest
+        keep = current if rotate else _vouched(prev, listed)
+        lines = [f"{digest}  {path.name}"] + ([f"{keep}  {prev.name}"] if keep else [])
         atomic.write_text(checksum_path(path), "\n".join(lines) + "\n")
         _fault("listed", state)
-        if keep and path.exists() and keep[0][0] != digest:
+        if rotate:
             os.replace(path, prev)
             _fault("rotated", state)
 

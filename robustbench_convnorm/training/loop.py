@@ -216,7 +216,8 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             epochs_this_process += 1
             if tc.stop_after_epochs is not None and epochs_this_process >= tc.stop_after_epochs \
                     and done < tc.epochs:
-                return result("stopped", done)
+                return result("stopped", done, {"epoch": done, "reason": f"stopped after {epochs_this_process} "
+                                                 f"epoch(s) as train.stop_after_epochs asks; rerun to continue"})
     except KeyboardInterrupt:
         last = rows[-1]["epoch"] if rows else 0
         log(f"\n  interrupted in epoch {epoch + 1}; {_kept(saved_epoch)}: rerun the same command to continue")
