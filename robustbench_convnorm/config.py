@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from .numbers import NAME_KEYS, NumberError, parse_number, parse_numbers  # noqa: F401  (parse_numbers: API)
 from .registry import closest
 
 
@@ -161,48 +162,15 @@ class Config:
 
 # ---------------------------------------------------------------- parsing
 
-_DECIMAL = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
-_FRACTION = re.compile(rf"^\s*({_DECIMAL})\s*/\s*({_DECIMAL})\s*$", re.I)
-# a decimal point or an exponent: what YAML 1.1 leaves as a string (1e-3, 1E6, .5e2)
-_FLOAT = re.compile(rf"^\s*(?=[^/]*[.eE])({_DECIMAL})\s*$", re.I)
-#: keys of free-form blocks that hold names, never numbers
-_NAME_KEYS = ("name", "type", "label")
-
-
-def parse_number(value):
-    """The one reader of numbers in configs: '8/255' -> 0.0313..., '1e-3' ->
-    0.001; other values unchanged. A zero denominator is a ConfigError."""
-    if not isinstance(value, str):
-        return value
-    m = _FRACTION.match(value)
-    if m:
-        num, den = float(m.group(1)), float(m.group(2))
-        if den == 0:
-            raise ConfigError(f"{value!r} divides by zero; write a fraction like 8/255")
-        return num / den
-    if _FLOAT.match(value):
-        return float(value)
-    return value
-
-
-def parse_numbers(value):
-    """parse_number applied through dicts and lists (free-form option blocks)."""
-    if isinstance(value, dict):
-        return {k: v if k in _NAME_KEYS else parse_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [parse_numbers(v) for v in value]
-    return parse_number(value)
-
-
 def _finite_block(value, path: str, ctx: "_Ctx"):
     """parse_numbers with the key path in errors; NaN and infinity are refused."""
     if isinstance(value, dict):
-        return {k: v if k in _NAME_KEYS else _finite_block(v, f"{path}.{k}", ctx) for k, v in value.items()}
+        return {k: v if k in NAME_KEYS else _finite_block(v, f"{path}.{k}", ctx) for k, v in value.items()}
     if isinstance(value, list):
         return [_finite_block(v, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
     try:
         value = parse_number(value)
-    except ConfigError as err:
+    except NumberError as err:
         raise ctx.fail(path, str(err)) from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ctx.fail(path, f"{value} is not a finite number")
@@ -263,7 +231,7 @@ def _convert(value, tp, path: str, ctx: _Ctx):
     if tp in (int, float):
         try:
             value = parse_number(value)
-        except ConfigError as err:
+        except NumberError as err:
             raise ctx.fail(path, str(err)) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             wanted = "an integer" if tp is int else "a number (or a fraction like 8/255)"
