@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import logging
 import os
 import signal
 from pathlib import Path
@@ -40,7 +39,6 @@ __all__ = ["CheckpointError", "CheckpointMismatch", "save_checkpoint", "save_ato
            "load_latest", "check_run_config", "prev_path", "checksum_path", "sha256_file", "rng_states",
            "restore_rng_states", "load_model", "KILL_IN_CHECKPOINT_ENV"]
 
-_log = logging.getLogger(__name__)
 #: keys every training checkpoint holds; a file without them cannot resume a run
 _TRAINING_KEYS = ("epoch", "finished", "model", "run_config")
 #: Test hook: "<epoch>:<point>" SIGKILLs the process inside the checkpoint
@@ -155,8 +153,9 @@ def save_atomic(obj: Dict[str, Any], path) -> None:
 def load_checkpoint(path, map_location="cpu", *, log: Optional[Callable[[str], Any]] = None) -> Dict[str, Any]:
     """Read one checkpoint after checking its SHA-256 against the checksum
     file beside it; raises :class:`CheckpointError` naming the file when it
-    does not match or cannot be read. A checkpoint from before checksums
-    loads unverified (``log`` is told)."""
+    does not match or cannot be read. What it holds is the caller's to check.
+    A checkpoint from before checksums loads unverified (``log``, when
+    given, is told)."""
     path = Path(path)
     listed = _listed(path)
     if listed is not None:
@@ -171,11 +170,8 @@ def load_checkpoint(path, map_location="cpu", *, log: Optional[Callable[[str], A
     except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, UnpicklingError...)
         raise CheckpointError(f"{path} cannot be read as a checkpoint ({err.__class__.__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); it is truncated or damaged") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path} is not a checkpoint of this harness (no 'model' state)")
-    if listed is None:
-        (log or _log.warning)(f"  {path.name} has no stored checksum (written before checksums were kept); "
-                              f"loaded unverified")
+    if listed is None and log is not None:
+        log(f"  {path.name} has no stored checksum (written before checksums were kept); loaded unverified")
     return ckpt
 
 
@@ -198,7 +194,7 @@ def load_latest(path, map_location="cpu", log: Callable[[str], Any] = print
             continue
         try:
             ckpt = load_checkpoint(cand, map_location, log=log)
-            missing = [k for k in _TRAINING_KEYS if k not in ckpt]
+            missing = [k for k in _TRAINING_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
             if missing:
                 raise CheckpointError(f"{cand} is not a training checkpoint (no {', '.join(missing)})")
         except FileNotFoundError:
@@ -219,37 +215,17 @@ def load_latest(path, map_location="cpu", log: Callable[[str], Any] = print
     return None, None, notes
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
-    """Dotted keys where two plain config dicts differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: List[str] = []
-        for key in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        out = []
-        for i, (x, y) in enumerate(zip(a, b)):
-            out += _differences(x, y, f"{prefix}.{i}" if prefix else str(i))
-        return out
-    return [] if a == b else [prefix]
-
-
 def check_run_config(ckpt: Dict[str, Any], cfg, path) -> None:
     """Raise :class:`CheckpointMismatch` when the checkpoint was trained with
     another configuration than ``cfg`` (compared as the run id compares them)."""
     from .config import run_identity
+    from .identity import flatten
 
-    mine, theirs = run_identity(cfg), run_identity(ckpt.get("run_config") or {})
-    keys = _differences(theirs, mine)
+    mine, theirs = flatten(run_identity(cfg)), flatten(run_identity(ckpt.get("run_config") or {}))
+    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if not keys:
         return
-
-    def at(d, key):
-        for part in key.split("."):
-            d = d[int(part)] if isinstance(d, list) else (d or {}).get(part)
-        return d
-
-    shown = "; ".join(f"{k}: {at(theirs, k)!r} in the checkpoint, {at(mine, k)!r} in this run" for k in keys[:6])
+    shown = "; ".join(f"{k}: {theirs.get(k)!r} in the checkpoint, {mine.get(k)!r} in this run" for k in keys[:6])
     more = f" (and {len(keys) - 6} more)" if len(keys) > 6 else ""
     raise CheckpointMismatch(f"{path} was trained with another configuration ({shown}{more}); it was copied "
                              f"from another run? Move it away (or use --force to retrain this run)")

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from . import identity
 from .numbers import NAME_KEYS, NumberError, parse_number, parse_numbers  # noqa: F401  (parse_numbers: API)
 from .registry import closest
 
@@ -448,23 +449,14 @@ class RunSpec:
         return Path(self.config.output_dir) / "runs" / self.run_id
 
 
-#: Sections that do not change what is trained: a run keeps its id (and its
-#: checkpoint) when only these change, so it can be re-evaluated.
-_NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threads")
-
-
 def run_identity(cfg: Config) -> Dict[str, Any]:
-    d = to_dict(cfg)
-    for key in _NOT_IN_RUN_ID:
-        d.pop(key, None)
-    d["train"].pop("stop_after_epochs", None)
-    d["train"].pop("checkpoint_every", None)
-    return d
+    """What the run id hashes; identity.py says what is left out and why."""
+    return identity.run_identity(to_dict(cfg))
 
 
 def make_run_id(cfg: Config) -> str:
     entry = cfg.normalizers[0]
-    digest = hashlib.sha256(json.dumps(run_identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = identity.digest(run_identity(cfg))
     label = re.sub(r"[^A-Za-z0-9_.]+", "_", entry.label or entry.name)
     bn = "-bn" if cfg.batchnorm else ""
     return f"{cfg.data.source}-{cfg.model.arch}-{label}{bn}-{cfg.train.method}-s{cfg.seeds[0]}-{digest}"

@@ -1,5 +1,5 @@
 """ConvNorm against independent computations: the explicit operator matrix and
-its SVD, a direct numpy evaluation of REFERENCE.md section 1, and the
+its SVD, a direct numpy evaluation of the method (docs/normalizers.md), and the
 ramp-down formula written out here. The Fourier-domain fast path is held to
 the plain path (and, where cheap, to the same independent references); the
 filter cache to one V per weight update."""
@@ -35,7 +35,7 @@ def _numpy_filter(weight, fh, fw, eps):
 
 
 def _numpy_convnorm(x, weight, stride, padding, eps, v=None):
-    """REFERENCE section 1, steps 1-5, for one image (C_in, H, W), zero padding."""
+    """The method (docs/normalizers.md, steps 1-5), for one image (C_in, H, W), zero padding."""
     c_out, c_in, k, _ = weight.shape
     full = np.stack([sum(correlate2d(x[j], weight[o, j], mode="full") for j in range(c_in))
                      for o in range(c_out)])
@@ -157,10 +157,10 @@ def test_running_filter_follows_the_cosine_ramp_down():
     layer = _layer(2, 3, 3, ramp_steps=n_ramp)
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
     filters = _train_steps(layer, x, 7, torch.Generator().manual_seed(1))
-    running = None
-    for n, v in enumerate(filters):
+    running = torch.zeros_like(filters[0])  # the average starts from zero ...
+    for n, v in enumerate(filters, start=1):  # ... and pass n uses f(n), n counted from 1
         f = max(0.5 * (1 + math.cos(math.pi * min(n, n_ramp) / n_ramp)), 0.01)
-        running = v if running is None else f * v + (1 - f) * running
+        running = f * v + (1 - f) * running
     assert int(layer.num_steps) == 7
     torch.testing.assert_close(layer.running_filter, running, rtol=1e-12, atol=0)
     # Past N the weight stays at the floor 0.01.
@@ -241,8 +241,8 @@ def test_epsilon_guards_frequencies_without_kernel_energy():
     assert not torch.isfinite(unguarded.exact_filter(6, 6)).all()
 
 
-def test_affine_is_a_depthwise_conv_starting_at_the_identity():
-    normalizer = get_normalizer("convnorm")
+def test_affine_is_a_depthwise_conv_that_can_start_at_the_identity():
+    normalizer = get_normalizer("convnorm", affine_init="identity")
     layer = normalizer.conv(3, 4, 3, stride=2, padding=1)
     assert isinstance(layer.affine, torch.nn.Conv2d) and layer.affine.groups == 4
     assert layer.affine.kernel_size == (3, 3) and layer.affine.bias is not None
@@ -376,9 +376,8 @@ def test_running_filter_semantics_unchanged_by_the_cache(fast):
         layer.weight.mul_(1.7).add_(0.1)
     v2 = layer.exact_filter(6, 6)
     layer(x), layer(x)
-    f1 = max(0.5 * (1 + math.cos(math.pi * 1 / 4)), 0.01)
-    f2 = max(0.5 * (1 + math.cos(math.pi * 2 / 4)), 0.01)
-    expected = f2 * v2 + (1 - f2) * (f1 * v2 + (1 - f1) * v1)
+    f1, f2, f3 = (max(0.5 * (1 + math.cos(math.pi * n / 4)), 0.01) for n in (1, 2, 3))
+    expected = f3 * v2 + (1 - f3) * (f2 * v2 + (1 - f2) * (f1 * v1))
     assert int(layer.num_steps) == 3
     torch.testing.assert_close(layer.running_filter, expected, rtol=1e-12, atol=0)
 
@@ -407,11 +406,12 @@ def test_filter_cached_under_inference_mode_serves_autograd_later(fast):
 # ------------------------------------------------------------- fast path
 def _run(layer, x, fast, r):
     layer.fast_path = fast
-    layer.weight.grad = None
+    layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     out = layer(x)
     (out.float() * r).sum().backward()
-    return out, x.grad, layer.weight.grad.clone()
+    grads = [p.grad.clone() for p in (layer.weight, layer.bias) if p is not None]
+    return (out, x.grad, *grads)
 
 
 def _assert_paths_match(layer, x, rtol):
@@ -432,7 +432,9 @@ def _assert_paths_match(layer, x, rtol):
 @pytest.mark.parametrize("k,padding", [(2, 0), (2, 1), (3, 0), (3, 1), (5, 0), (5, 1)])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fast_path_matches_plain_path(k, padding, stride, mode, dtype, rtol):
-    layer = ConvNorm2d(3, 4, k, stride, padding, padding_mode=mode, ramp_steps=3).to(dtype)
+    layer = ConvNorm2d(3, 4, k, stride, padding, bias=True, padding_mode=mode, ramp_steps=3).to(dtype)
+    with torch.no_grad():
+        layer.bias.uniform_(-1, 1)  # added before the filter: scaled by V(0) on both paths
     x = torch.randn(5, 3, 7, 6, dtype=dtype)  # odd batch, odd and even sizes
     layer.train()
     _assert_paths_match(layer, x, rtol)  # exact V

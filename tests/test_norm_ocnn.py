@@ -3,6 +3,7 @@ strided circular convolution: ||M M^T - I||_F = (n/s) * distance."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from operators import explicit_operator
 from robustbench_convnorm.models import build_model
@@ -118,8 +119,66 @@ def test_penalty_covers_only_ocnn_convs_and_reaches_the_loss():
     normalizer.penalty(model).backward()
     assert model.layer1[1].conv1.weight.grad.abs().sum() > 0
     assert model.layer1[1].conv2.weight.grad is None  # block_conv2 is not covered
-    with pytest.raises(ValueError, match="no conv built by the 'ocnn'"):
-        normalizer.penalty(_resnet(get_normalizer("vanilla")))
+
+
+def _expected(normalizer, convs):
+    return normalizer.lam * sum(orthogonality_penalty(m.weight, m.stride) for m in convs)
+
+
+class _OutsideTheBuilders(nn.Module):
+    """A model whose convs come from the normalizer but carry no conv_role."""
+
+    def __init__(self, normalizer):
+        super().__init__()
+        self.stem = normalizer.conv(3, 8, 3, padding=1)
+        self.down = normalizer.conv(8, 16, 3, stride=2, padding=1)
+        self.project = normalizer.conv(8, 16, 1, stride=2)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.down(x)) + self.project(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_untagged_ocnn_convs_are_all_covered_with_a_warning():
+    normalizer = get_normalizer("ocnn", lam=0.1)
+    model = _OutsideTheBuilders(normalizer)
+    with pytest.warns(UserWarning, match="3 untagged OCNN convs"):
+        penalty = normalizer.penalty(model)
+    torch.testing.assert_close(penalty, _expected(normalizer, [model.stem, model.down, model.project]))
+    assert penalty > 0.1 * 1.0  # random kernels are far from orthogonal: not a silent zero
+    penalty.backward()
+    assert all(c.weight.grad.abs().sum() > 0 for c in (model.stem, model.down, model.project))
+    # A builder's model with one extra untagged OCNN conv: the reference roles plus that conv.
+    built = _resnet(normalizer)
+    built.extra = normalizer.conv(8, 8, 3, padding=1)
+    names = [name for name, _ in normalizer.covered(built)]
+    assert len(names) == 8 + 3 + 1 and "extra" in names and "conv1" not in names
+
+
+def test_models_without_ocnn_convs_get_every_ungrouped_conv():
+    normalizer = get_normalizer("ocnn")
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                          nn.Conv2d(8, 4, 1))
+    with pytest.warns(UserWarning, match="plain nn.Conv2d"):
+        penalty = normalizer.penalty(plain)
+    torch.testing.assert_close(penalty, _expected(normalizer, [plain[0], plain[3]]))  # not the depthwise one
+    # A builder's vanilla model keeps its role-based (reference) coverage.
+    vanilla = _resnet(get_normalizer("vanilla"))
+    names = [name for name, _ in normalizer.covered(vanilla)]
+    assert len(names) == 8 + 3 and "conv1" not in names and "layer1.0.conv2" not in names
+
+
+def test_a_penalty_without_layers_is_an_error_not_a_zero():
+    normalizer = get_normalizer("ocnn")
+    stem_only = nn.Sequential(normalizer.conv(3, 8, 3, padding=1))
+    stem_only[0].conv_role = "stem"  # tagged, but "reference" leaves the stem out
+    with pytest.raises(ValueError, match="no conv of the model to regularize.*layers: all"):
+        normalizer.penalty(stem_only)
+    assert get_normalizer("ocnn", layers="all").penalty(stem_only) > 0
+    with pytest.raises(ValueError, match="no conv of the model to regularize"):
+        normalizer.penalty(nn.Sequential(nn.Flatten(), nn.Linear(12, 10)))
 
 
 def test_plain_networks_are_covered_entirely_and_options_are_checked():

@@ -25,21 +25,23 @@ is n * ||w||_F on an n x n full spectrum by Parseval), so it does not
 depend on the input size.
 
 Q is cached and reused while the weights do not change in evaluation mode
-or under ``torch.no_grad()`` (attacks, evaluation); the cache is keyed on
-the parameters' storage and version counters, the input size, device and
-dtype, and is dropped by ``train()``. In evaluation mode the cached Q is a
-constant: input gradients are exact, but no gradient reaches the weights.
+or under ``torch.no_grad()`` (attacks, evaluation), per input size and dtype;
+``weight_cache.py`` says how a change of the weight or alpha is seen
+(optimizer steps, fused ones included, in-place edits, new storage, edits
+through ``.data``). ``train()`` drops it too. In evaluation mode the cached Q
+is a constant: input gradients are exact, but no gradient reaches the weights.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
 
 from .base import Normalizer
 from .registry import register_normalizer
+from .weight_cache import ParameterCache
 
 
 def _pair(value) -> Tuple[int, int]:
@@ -99,7 +101,7 @@ class CayleyConv2d(nn.Module):
         # after the model include it; A = skew(alpha * W / ||w||_F) equals skew(W)
         # at initialisation.
         self.alpha = nn.Parameter(self.weight.detach().norm())
-        self._cache: Optional[Tuple[tuple, torch.Tensor]] = None
+        self._cache = ParameterCache(type(self).__name__)
 
     # ------------------------------------------------------------------ Q
     def _kernel_transform(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -132,19 +134,17 @@ class CayleyConv2d(nn.Module):
     def _q(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         cacheable = (not self.training) or (not torch.is_grad_enabled())
         if not cacheable:
-            self._cache = None
+            self._cache.clear()
             return self.orthogonal_matrices(height, width, dtype)
-        key = (self.weight.data_ptr(), self.weight._version, self.alpha.data_ptr(), self.alpha._version,
-               height, width, dtype, self.weight.device, torch.is_inference_mode_enabled())
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        with torch.no_grad():
-            q = self.orthogonal_matrices(height, width, dtype)
-        self._cache = (key, q)
-        return q
+        return self._cache.lookup((self.weight, self.alpha), (height, width, dtype),
+                                  lambda: self.orthogonal_matrices(height, width, dtype))
+
+    def clear_cache(self) -> None:
+        """Drop the cached Q (the next forward recomputes it)."""
+        self._cache.clear()
 
     def train(self, mode: bool = True):
-        self._cache = None
+        self._cache.clear()
         return super().train(mode)
 
     # ------------------------------------------------------------- forward

@@ -10,35 +10,41 @@ which turns the channel operator ``A_k`` into ``(A_k A_k^T)^-1/2 A_k``: on a
 circular domain all its singular values are 1, with zero padding its norm is
 at most 1, and the whole layer's norm is at most sqrt(C_out) (Prop. 3.1).
 
-The forward pass follows the reference implementation step by step (see
-REFERENCE.md section 1 and docs/normalizers.md):
+The forward pass follows the official implementation step by step (see
+docs/normalizers.md, which also lists every difference from it):
 
 1. stride-1 "full" convolution with padding k-1 (output H+k-1), which is a
-   circular convolution of the zero-padded input, so the filter is exact;
+   circular convolution of the zero-padded input, so the filter is exact; a
+   conv bias is added here, inside the convolution, so the filter scales it
+   by V_k(0) (``bias_placement="before_filter"``, the official code's);
 2. V from the *detached* kernel, FFT size = that full output size;
 3. rfft2 of the full output, multiply by V, irfft2 (always in fp32 or fp64,
    also under autocast);
 4. crop k-1-padding pixels per border, then subsample [::s, ::s] for stride s;
-5. optional bias, then the learnable depthwise "affine" conv.
+5. the learnable depthwise "affine" conv, with nn.Conv2d's default random
+   initialisation as in the official code (``affine_init="conv_default"``).
 
 1x1 kernels have a flat spectrum: channel k is just scaled by 1/||a_k||.
 
 In evaluation the layer uses a moving average of V kept during training
-(``eval_filter="running"``) with the cosine ramp-down
-``f = max(0.5 * (1 + cos(pi * min(n, N) / N)), 0.01)``, where n counts
-training forward passes (a saved buffer, so it survives checkpoints).
+(``eval_filter="running"``), started from zero, with the cosine ramp-down
+``f = max(0.5 * (1 + cos(pi * min(n, N) / N)), 0.01)`` where n counts training
+forward passes including the current one (a saved buffer, so it survives
+checkpoints).
 
 Two implementations of the same layer (``fast_path``): the plain one above,
 kept as the reference, and a Fourier-domain one (``convnorm_fourier.py``:
 the full convolution as per-frequency channel products, two images per complex
 transform, the inverse transform of strided layers on the subsampled grid).
 They agree up to rounding (outputs and gradients tested within 1e-5 of the
-tensor's scale in fp32 and 1e-12 in fp64; observed ~1e-6 and ~1e-15). ``FAST_PATH_DEFAULT`` says where the fast one is on by
-default; ``set_convnorm_fast_path(model, ...)`` overrides it per model.
+tensor's scale in fp32 and 1e-12 in fp64; observed ~1e-6 and ~1e-15).
+``FAST_PATH_DEFAULT`` says where the fast one is on by default;
+``set_convnorm_fast_path(model, ...)`` overrides it per model.
 
 V depends on the weights only, so it is computed once per weight update and
-reused by every forward until then (key: the weight's storage and version
-counter, which optimizer steps and ``load_state_dict`` bump).
+reused by every forward until then (``weight_cache.py`` says how a change is
+seen, including optimizer steps that leave the version counter alone and
+edits through ``.data``).
 """
 from __future__ import annotations
 
@@ -51,10 +57,27 @@ from torch import nn
 
 from . import convnorm_fourier as fourier
 from .base import Normalizer
+from .convnorm_ops import (SymmetricFourierFilter, autocast_dtype, circular_pad, fft_dtype, kernel_rfft2,
+                           pair)
 from .registry import register_normalizer
+from .weight_cache import ParameterCache
 
-#: Smallest update weight of the running filter (the reference's floor).
+__all__ = ["AFFINE_INITS", "BIAS_PLACEMENTS", "FAST_PATH_DEFAULT", "ConvNorm", "ConvNorm2d", "kernel_rfft2",
+           "set_convnorm_fast_path"]
+
+#: Smallest update weight of the running filter (the official code's floor).
 MIN_RUNNING_WEIGHT = 0.01
+
+#: How the depthwise affine conv starts: "conv_default" keeps nn.Conv2d's
+#: random initialisation (weights and bias uniform in +-1/sqrt(k*k), about
+#: +-0.33 for 3x3), as the official code does; "identity" starts it as a
+#: centred delta with zero bias, so that the layer is plain ConvNorm at first.
+AFFINE_INITS = ("conv_default", "identity")
+
+#: Where a conv bias enters: "before_filter" adds it to the full convolution,
+#: as the official code does (F.conv2d with the bias), so the filter scales it
+#: by V_k(0); "after_filter" adds it to the normalized output, unscaled.
+BIAS_PLACEMENTS = ("before_filter", "after_filter")
 
 #: Whether ``ConvNorm2d`` uses the Fourier-domain fast path when its
 #: ``fast_path`` is None, per device type. The rule: on by default only where
@@ -78,94 +101,27 @@ def set_convnorm_fast_path(model: nn.Module, enabled: Optional[bool]) -> int:
     return len(layers)
 
 
-def _pair(value) -> Tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"expected an int or a pair, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
-
-
-def _fft_dtype(dtype: torch.dtype) -> torch.dtype:
-    """FFTs run in fp64 for fp64 tensors and in fp32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
-    """The dtype autocast gives F.conv2d(x, ...), or None where it leaves x alone."""
-    device = x.device.type
-    try:
-        enabled = torch.is_autocast_enabled(device)
-        dtype = torch.get_autocast_dtype(device)
-    except TypeError:  # torch < 2.4
-        enabled = torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
-        dtype = torch.get_autocast_cpu_dtype() if device == "cpu" else torch.get_autocast_gpu_dtype()
-    return dtype if enabled and x.dtype in (torch.float32, torch.float16, torch.bfloat16) else None
-
-
-def _fold(weight: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Sum the taps of ``weight`` along ``dim`` modulo ``size`` (circular aliasing)."""
-    k = weight.shape[dim]
-    if k <= size:
-        return weight
-    pad = (-k) % size
-    if pad:
-        widths = [0, 0] * (weight.dim() - 1 - (dim % weight.dim())) + [0, pad]
-        weight = F.pad(weight, widths)
-    shape = list(weight.shape)
-    d = dim % weight.dim()
-    shape[d:d + 1] = [shape[d] // size, size]
-    return weight.reshape(shape).sum(dim=d)
-
-
-def kernel_rfft2(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """rfft2 of ``weight`` (..., kh, kw) as the kernel of a circular convolution
-    on a (height, width) grid: zero-padded bottom/right, or, where the kernel
-    is larger than the grid, with its taps folded (aliased) modulo the grid."""
-    weight = _fold(_fold(weight, height, -2), width, -1)
-    return torch.fft.rfft2(weight, s=(height, width))
-
-
-def _filter(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Circular filtering of y (..., fh, fw) by the real filter v (rfft2 layout)."""
-    fh, fw = y.shape[-2:]
-    return torch.fft.irfft2(torch.fft.rfft2(y, s=(fh, fw)) * v, s=(fh, fw))
-
-
-class _SymmetricFourierFilter(torch.autograd.Function):
-    """``_filter`` with a hand-written backward. V is real and even
-    (V(-w) = V(w): it depends on |a_hat(w)| only), so the circulant operator
-    is symmetric and its adjoint is the same filtering: backward filters the
-    incoming gradient by V. Nothing but V is saved, where autograd through
-    rfft2 would keep the whole full-size conv output alive until backward."""
-
-    @staticmethod
-    def forward(ctx, y, v):
-        ctx.save_for_backward(v)
-        return _filter(y, v)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (v,) = ctx.saved_tensors
-        return _filter(grad, v), None
-
-
 class ConvNorm2d(nn.Module):
     """A conv layer normalized by ConvNorm; drop-in for ``nn.Conv2d``.
 
     Attributes used by other parts of the harness (e.g. Lipschitz bounds):
     ``weight`` (C_out, C_in, kh, kw), ``kernel_size``, ``stride``, ``padding``,
     ``affine`` (the depthwise ``nn.Conv2d`` or None), ``exact_filter(h, w)``
-    and ``current_filter(h, w)``.
+    and ``current_filter(h, w)``. ``clear_cache()`` drops the cached filters.
     """
 
     #: FFTs, complex products and the filter cache: torch.compile leaves this layer eager (speed.py).
     compile_eager = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = False, *, affine: bool = True, eval_filter: str = "running",
+                 bias: bool = False, *, affine: bool = True, affine_init: str = "conv_default",
+                 bias_placement: str = "before_filter", eval_filter: str = "running",
                  eps: float = 1e-6, ramp_steps: int = 40000, padding_mode: str = "zeros"):
         super().__init__()
+        if affine_init not in AFFINE_INITS:
+            raise ValueError(f"convnorm: affine_init must be one of {AFFINE_INITS}, got {affine_init!r}")
+        if bias_placement not in BIAS_PLACEMENTS:
+            raise ValueError(f"convnorm: bias_placement must be one of {BIAS_PLACEMENTS}, got {bias_placement!r}")
         if eval_filter not in ("running", "exact"):
             raise ValueError(f"convnorm: eval_filter must be 'running' or 'exact', got {eval_filter!r}")
         if padding_mode not in ("zeros", "circular"):
@@ -176,14 +132,15 @@ class ConvNorm2d(nn.Module):
             raise ValueError(f"convnorm: ramp_steps must be >= 1, got {ramp_steps}")
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
+        self.kernel_size = pair(kernel_size)
+        self.stride = pair(stride)
+        self.padding = pair(padding)
         kh, kw = self.kernel_size
         for k, p in zip(self.kernel_size, self.padding):
             if k > 1 and not 0 <= p <= k - 1:
                 raise ValueError(f"convnorm: padding {p} outside [0, {k - 1}] for kernel size {k}")
         self.eval_filter = eval_filter
+        self.bias_placement = bias_placement
         self.eps = float(eps)
         self.ramp_steps = int(ramp_steps)
         self.padding_mode = padding_mode
@@ -193,17 +150,18 @@ class ConvNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
 
         if affine:
-            # Depthwise kernel r_k applied after normalization, initialised to the
-            # identity (a centred delta, zero bias) so that at initialisation the
-            # layer is pure ConvNorm. Odd sizes only, so that "same" padding is exact.
+            # Depthwise kernel r_k applied after normalization. Odd sizes only, so
+            # that "same" padding keeps the output size (the official code's k
+            # with padding (k-1)//2 changes it for even k).
             ah, aw = (kh if kh % 2 else kh - 1), (kw if kw % 2 else kw - 1)
             self.affine = nn.Conv2d(self.out_channels, self.out_channels, (ah, aw),
                                     padding=((ah - 1) // 2, (aw - 1) // 2),
                                     groups=self.out_channels, bias=True)
-            with torch.no_grad():
-                self.affine.weight.zero_()
-                self.affine.weight[:, 0, (ah - 1) // 2, (aw - 1) // 2] = 1.0
-                self.affine.bias.zero_()
+            if affine_init == "identity":  # drawn first either way: the same random stream follows
+                with torch.no_grad():
+                    self.affine.weight.zero_()
+                    self.affine.weight[:, 0, (ah - 1) // 2, (aw - 1) // 2] = 1.0
+                    self.affine.bias.zero_()
         else:
             self.affine = None
 
@@ -215,8 +173,8 @@ class ConvNorm2d(nn.Module):
         #: None: FAST_PATH_DEFAULT of the input's device; True/False: force the
         #: Fourier-domain path or the plain one (see set_convnorm_fast_path).
         self.fast_path: Optional[bool] = None
-        # V per (kind, grid, dtype, ...), each with the weight key it was computed for.
-        self._filter_cache: Dict[tuple, Tuple[tuple, torch.Tensor]] = {}
+        # V per (kind, grid, dtype, eps), valid while the weight is unchanged.
+        self._filter_cache = ParameterCache(type(self).__name__)
 
     # ------------------------------------------------------------------ filters
     @property
@@ -238,25 +196,21 @@ class ConvNorm2d(nn.Module):
         return (1, 1) if self.is_pointwise else self.fft_size(height, width)
 
     def _cached_filter(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """V for ``key``, computed once per weight update. The optimizer's in-place
-        step, ``load_state_dict`` and any in-place edit bump the weight's version
-        counter; ``.to()``/``.double()`` give new storage. Cached tensors are
+        """V for ``key``, computed once per weight update (``weight_cache.py``:
+        optimizer steps, fused ones included, in-place edits, new storage and
+        edits through ``.data`` all count). Computed outside inference mode (a
+        later autograd forward saves V for backward). Cached tensors are
         shared: callers must not modify them in place."""
-        weight = self.weight
-        stamp = (weight.data_ptr(), weight._version, weight.dtype, weight.device, self.eps)
-        hit = self._filter_cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        # Never an inference tensor in the cache: a later autograd forward saves V for backward.
-        with torch.inference_mode(False), torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
-            value = compute()
-        self._filter_cache[key] = (stamp, value)
-        return value
+        return self._filter_cache.lookup((self.weight,), key + (self.eps,), compute)
+
+    def clear_cache(self) -> None:
+        """Drop the cached filters (the next forward recomputes them)."""
+        self._filter_cache.clear()
 
     def _filter_at(self, fh: int, fw: int, dtype: torch.dtype) -> torch.Tensor:
         """V on an (fh, fw) FFT grid: (C_out, fh, fw // 2 + 1), no autograd.
         Cached per weight update (see ``_cached_filter``): do not modify."""
-        fdtype = _fft_dtype(dtype)
+        fdtype = fft_dtype(dtype)
 
         def compute():
             w = self.weight.detach().to(fdtype)
@@ -294,20 +248,25 @@ class ConvNorm2d(nn.Module):
 
     def running_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The update weight f of the next training pass (a 0-d tensor):
-        max(0.5 * (1 + cos(pi * min(n, N) / N)), 0.01) with n = ``num_steps``."""
-        n = self.num_steps.to(dtype).clamp(max=self.ramp_steps)
+        max(0.5 * (1 + cos(pi * min(n, N) / N)), 0.01) with n = ``num_steps`` + 1,
+        the passes so far including that one (the official code increments its
+        counter before using it)."""
+        n = (self.num_steps + 1).to(dtype).clamp(max=self.ramp_steps)
         return (0.5 * (1.0 + torch.cos(math.pi * n / self.ramp_steps))).clamp(min=MIN_RUNNING_WEIGHT)
 
     def _update_running(self, v: torch.Tensor) -> None:
         with torch.no_grad():
             if self.running_filter.shape != v.shape:
-                # First pass, or the training size changed: the average restarts here.
-                self.running_filter = v.detach().to(self.num_steps.device).clone()
-            else:
-                # f is computed on the device from the counter: no host sync.
-                f = self.running_weight(v.dtype)
-                running = self.running_filter.to(v.dtype)
-                self.running_filter.copy_(f * v + (1.0 - f) * running)
+                # The first pass starts the average from zero, as the official
+                # buffer does (so it then holds f(1) V, f(1) = 1 - 1.5e-9 for
+                # N = 40000); a new training size restarts it from V (the official
+                # code cannot change size). Decided on the device: no host sync.
+                start = v.detach() * (self.num_steps > 0).to(device=v.device, dtype=v.dtype)
+                self.running_filter = start.to(self.num_steps.device)
+            # f is computed on the device from the counter: no host sync.
+            f = self.running_weight(v.dtype)
+            running = self.running_filter.to(v.dtype)
+            self.running_filter.copy_(f * v + (1.0 - f) * running)
             self.num_steps.add_(1)
 
     def _select_filter(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -318,7 +277,7 @@ class ConvNorm2d(nn.Module):
             self._update_running(v)
             return v
         if self._running_usable(gh, gw):
-            return self.running_filter.to(_fft_dtype(dtype))
+            return self.running_filter.to(fft_dtype(dtype))
         return self._filter_at(gh, gw, dtype)
 
     # ------------------------------------------------------------------ forward
@@ -338,11 +297,15 @@ class ConvNorm2d(nn.Module):
             out = self._forward_fourier(x)
         else:
             out = self._forward_fft(x)
-        if self.bias is not None:
+        if self.bias is not None and self.bias_placement == "after_filter":
             out = out + self.bias.to(out.dtype).view(1, -1, 1, 1)
         if self.affine is not None:
             out = self.affine(out)
         return out
+
+    def _inner_bias(self) -> Optional[torch.Tensor]:
+        """The bias the convolution itself adds (before the filter), if any."""
+        return self.bias if self.bias_placement == "before_filter" else None
 
     def _forward_1x1(self, x: torch.Tensor) -> torch.Tensor:
         # Flat spectrum: V_k = (||a_k||^2 + eps)^-1/2 on every frequency.
@@ -351,25 +314,26 @@ class ConvNorm2d(nn.Module):
         pad = self.padding if self.padding_mode == "zeros" else (0, 0)
         if self.padding_mode == "circular" and any(self.padding):
             ph, pw = self.padding
-            x = F.pad(x, (pw, pw, ph, ph), mode="circular")
-        out = F.conv2d(x, self.weight, None, self.stride, pad)
+            x = circular_pad(x, ph, ph, pw, pw)
+        out = F.conv2d(x, self.weight, self._inner_bias(), self.stride, pad)
         return out * scale.to(out.dtype).view(1, -1, 1, 1)
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         ph, pw = self.padding
         if self.padding_mode == "circular":
-            # Circular conv on the input grid, aligned like zero padding `padding`.
-            full = F.conv2d(F.pad(x, (pw, kw - 1 - pw, ph, kh - 1 - ph), mode="circular"), self.weight)
+            # Circular conv on the input grid, aligned like zero padding `padding`;
+            # wrapped as often as needed (inputs smaller than the kernel).
+            full = F.conv2d(circular_pad(x, ph, kh - 1 - ph, pw, kw - 1 - pw), self.weight, self._inner_bias())
         else:
             # The "full" linear convolution: a circular one on the (H+k-1) grid.
-            full = F.conv2d(x, self.weight, None, 1, (kh - 1, kw - 1))
+            full = F.conv2d(x, self.weight, self._inner_bias(), 1, (kh - 1, kw - 1))
         fh, fw = full.shape[-2:]
         out_dtype = full.dtype
-        fdtype = _fft_dtype(x.dtype)
+        fdtype = fft_dtype(x.dtype)
         v = self._select_filter(x.shape[-2], x.shape[-1], x.dtype)
         with torch.autocast(full.device.type, enabled=False):
-            filtered = _SymmetricFourierFilter.apply(full.to(fdtype), v.to(fdtype))
+            filtered = SymmetricFourierFilter.apply(full.to(fdtype), v.to(fdtype))
         if self.padding_mode == "zeros":
             ch, cw = kh - 1 - ph, kw - 1 - pw
             filtered = filtered[..., ch:fh - ch, cw:fw - cw]
@@ -400,7 +364,7 @@ class ConvNorm2d(nn.Module):
         grid = self.fft_size(height, width)
         crop = (0, 0) if self.padding_mode == "circular" else (kh - 1 - ph, kw - 1 - pw)
         geo = fourier.geometry(height, width, grid, crop, self.stride)
-        fdtype = _fft_dtype(x.dtype)
+        fdtype = fft_dtype(x.dtype)
         phase = fourier.phase_matrix(self.kernel_size, self.padding, grid, fourier.complex_dtype(fdtype), x.device)
         nf = grid[0] * grid[1]
         small = fourier.frequency_chunks(nf, self.out_channels, self.in_channels, phase.element_size()) >= nf
@@ -412,16 +376,22 @@ class ConvNorm2d(nn.Module):
                 sv = None
                 v = self._fourier_filter(grid, fdtype,
                                          lambda: fourier.filter_from_weight(self.weight, phase, grid, self.eps))
+            v_zero = v[0, 0]  # V_k at frequency 0: what a bias added before the filter is scaled by
             # The folding of strided layers adds th*tw spectra: its 1/(th*tw) rides on V.
             v = fourier.full_grid(v, grid[1]).unsqueeze(-1) / (geo.th * geo.tw)
             if sv is not None:
                 sv.mul_(v)
         # Output dtype as the plain path's: the conv's (autocast's dtype under autocast).
-        out_dtype = _autocast_dtype(x) or x.dtype
+        out_dtype = autocast_dtype(x) or x.dtype
         # A view gives the weight a node of its own, which backward can ask
         # whether the weight gradient is wanted (not for an attack's input gradient).
         weight = self.weight.view_as(self.weight) if self.weight.requires_grad else self.weight
-        return fourier.FourierConv.apply(x, weight, v, phase, geo, out_dtype, sv)
+        out = fourier.FourierConv.apply(x, weight, v, phase, geo, out_dtype, sv)
+        bias = self._inner_bias()
+        if bias is not None:
+            # A constant added before the filter comes out scaled by V(0).
+            out = out + (bias * v_zero.to(bias.dtype)).to(out.dtype).view(1, -1, 1, 1)
+        return out
 
     # ------------------------------------------------------------- state dict
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -440,7 +410,7 @@ class ConvNorm2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, eval_filter={self.eval_filter}, "
                 f"eps={self.eps}, ramp_steps={self.ramp_steps}, padding_mode={self.padding_mode}"
-                + (", bias=True" if self.bias is not None else ""))
+                + (f", bias=True, bias_placement={self.bias_placement}" if self.bias is not None else ""))
 
 
 @register_normalizer("convnorm")
@@ -448,21 +418,28 @@ class ConvNorm(Normalizer):
     """ConvNorm. Options:
 
     affine: the learnable depthwise conv after normalization (default True).
+    affine_init: "conv_default" (nn.Conv2d's random initialisation, the
+        official code's) or "identity" (a centred delta, zero bias).
+    bias_placement: "before_filter" (the official code: the filter scales a
+        conv bias by V(0)) or "after_filter". Models here build bias-free convs.
     eval_filter: "running" (moving average of V, the paper's default) or
         "exact" (V from the current weights) in evaluation mode.
     eps: added to each channel's spectral energy before the inverse square
         root, so frequencies without kernel energy give a finite filter.
     ramp_steps: N of the cosine ramp-down of the running filter (40000).
-    padding_mode: "zeros" (the reference) or "circular" (exact tight frames).
+    padding_mode: "zeros" (the official code) or "circular" (exact tight frames).
     "ConvNorm + BN" is this normalizer with the model's ``batchnorm: true``.
     """
 
-    def __init__(self, *, affine: bool = True, eval_filter: str = "running", eps: float = 1e-6,
+    def __init__(self, *, affine: bool = True, affine_init: str = "conv_default",
+                 bias_placement: str = "before_filter", eval_filter: str = "running", eps: float = 1e-6,
                  ramp_steps: int = 40000, padding_mode: str = "zeros"):
         # Build one throw-away layer so that bad options fail here, not inside a model.
-        ConvNorm2d(1, 1, 3, padding=1, affine=False, eval_filter=eval_filter, eps=eps,
-                   ramp_steps=ramp_steps, padding_mode=padding_mode)
+        ConvNorm2d(1, 1, 3, padding=1, affine=False, affine_init=affine_init, bias_placement=bias_placement,
+                   eval_filter=eval_filter, eps=eps, ramp_steps=ramp_steps, padding_mode=padding_mode)
         self.affine = bool(affine)
+        self.affine_init = affine_init
+        self.bias_placement = bias_placement
         self.eval_filter = eval_filter
         self.eps = float(eps)
         self.ramp_steps = int(ramp_steps)
@@ -470,8 +447,10 @@ class ConvNorm(Normalizer):
 
     def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
         return ConvNorm2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                          bias=bias, affine=self.affine, eval_filter=self.eval_filter, eps=self.eps,
+                          bias=bias, affine=self.affine, affine_init=self.affine_init,
+                          bias_placement=self.bias_placement, eval_filter=self.eval_filter, eps=self.eps,
                           ramp_steps=self.ramp_steps, padding_mode=self.padding_mode)
 
     def describe(self) -> str:
-        return f"convnorm(affine={self.affine}, eval_filter={self.eval_filter}, eps={self.eps})"
+        return (f"convnorm(affine={self.affine}, affine_init={self.affine_init}, "
+                f"eval_filter={self.eval_filter}, eps={self.eps})")
