@@ -55,10 +55,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool = True) -> Path:
+def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool = True,
+                 before_replace: Optional[Callable[[Path], None]] = None) -> Path:
     """Call ``write(tmp)`` to fill a unique temporary file, then rename it over
     ``path``. On any error (Ctrl-C included) the temporary file is removed and
-    ``path`` is left as it was."""
+    ``path`` is left as it was. ``before_replace(tmp)`` runs once the
+    temporary file is complete and on disk, just before the rename: it may
+    check it, or move the old ``path`` aside (checkpoints keep the previous
+    one); if it raises, nothing is renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
@@ -67,6 +71,8 @@ def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool =
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

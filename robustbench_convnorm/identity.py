@@ -21,7 +21,7 @@ __all__ = ["NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity", "model_identi
 
 #: Sections that do not change what is trained: a run keeps its id (and its
 #: checkpoint) when only these change, so it can be re-evaluated.
-NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid")
+NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threads")
 #: Keys of ``train`` that say when to stop or save, not what is trained.
 NOT_IN_RUN_ID_TRAIN = ("stop_after_epochs", "checkpoint_every")
 
