@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_CPU_VERSION ?= 2.13.0
 TORCHATTACKS_VERSION ?= 3.5.1
 
-.PHONY: venv test test-slow test-all demo bench clean-venv
+.PHONY: venv test test-slow test-all demo bench gpu-prep gpu-check gpu-rehearse clean-venv
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.txt Makefile
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -41,6 +41,24 @@ demo: venv
 
 bench: venv
 	$(PY) -m benchmarks.run
+
+# The GPU check (docs/benchmarks.md, "The GPU check"). gpu-prep puts the
+# torchattacks wheel in .whl/ and the CIFAR-10 JPEG copy in .data/ (both
+# git-ignored; they travel to a lent GPU machine as its `carry`) and prints
+# the size of what travels and the device command. gpu-check runs the check
+# (on a GPU machine; no venv needed there), gpu-rehearse runs it on the CPU.
+CIFAR10_JPEG ?=
+GPU_CHECK_OUT ?= benchmarks/out/gpu_check
+CHECK_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-prep:
+	$(CHECK_PY) -m benchmarks.gpu_prep $(if $(CIFAR10_JPEG),--cifar10-jpeg $(CIFAR10_JPEG),)
+
+gpu-check:
+	$(CHECK_PY) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT)
+
+gpu-rehearse:
+	$(CHECK_PY) -m benchmarks.gpu_check --rehearse --out $(GPU_CHECK_OUT)
 
 clean-venv:
 	rm -rf $(VENV)

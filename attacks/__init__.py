@@ -1,6 +1,7 @@
 """Evaluators: clean accuracy, FGSM, PGD-k and AutoAttack (through torchattacks),
-our batched SimBA, a random-noise probe; the sanity checks of EVALUATION.md
-(``checks``) and the evaluation protocol (``protocol.evaluate``).
+our batched SimBA, a random-noise probe; the sanity checks (``checks``) and
+the evaluation protocol (``protocol.evaluate``), both defined in
+docs/evaluators.md.
 
 Each attack lives in its own module and registers itself; importing this
 package registers the built-in ones. A new evaluator is one new file using
@@ -9,7 +10,7 @@ package registers the built-in ones. A new evaluator is one new file using
 import importlib
 import pkgutil
 
-from .base import EvalOutcome, Evaluator
+from .base import BatchOutcome, EvalOutcome, Evaluator
 from .registry import EVALUATORS, get_evaluator, list_evaluators, register_evaluator
 
 # Every module that is not infrastructure is an evaluator: import them all so
@@ -22,6 +23,6 @@ for _info in pkgutil.iter_modules(__path__):
 from .protocol import EvaluationReport, evaluate  # noqa: E402  (needs the registry filled)
 
 __all__ = [
-    "EVALUATORS", "EvalOutcome", "EvaluationReport", "Evaluator", "evaluate", "get_evaluator",
+    "EVALUATORS", "BatchOutcome", "EvalOutcome", "EvaluationReport", "Evaluator", "evaluate", "get_evaluator",
     "list_evaluators", "register_evaluator",
 ]

@@ -1,22 +1,24 @@
 """Shared machinery of the evaluators that produce one adversarial input per
-example (FGSM, PGD, AutoAttack, noise): batching, restarts, seeding, the
-validity check of every adversarial input, per-example outcomes.
+example (FGSM, PGD, AutoAttack, noise): restarts, seeding, the validity
+check of every adversarial input, per-example outcomes.
 
 An example counts as correct only if it is correctly classified both clean
 and on every adversarial input tried (the adversary may always keep x
 itself, which lies in the eps-ball). ``adv_correct`` records the raw
-prediction on the (last) adversarial input, for the robust <= clean check.
+prediction on the (last) adversarial input.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import checks
-from .base import EvalOutcome, Evaluator, batches, draw_seed, perturbation_norms, percent, seeded_global_rng
+from .base import (BatchOutcome, EvalOutcome, Evaluator, draw_seed, percent, perturbation_norms,
+                   seeded_global_rng)
 
 
 class LossRecorder(nn.Module):
@@ -48,82 +50,68 @@ class PerturbationEvaluator(Evaluator):
     record_loss: bool = False
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial inputs for one batch. May use torch's global RNG: ``run``
-        seeds it from the evaluator's generator and restores it afterwards."""
+        """Adversarial inputs for one batch. May use torch's global RNG: the
+        batch runs with it seeded from the batch's generator, restored after."""
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Hook called once per ``run`` before the first batch (e.g. to infer n_classes)."""
+    def empty_columns(self):
+        return {"correct": np.zeros(0, bool), "adv_correct": np.zeros(0, bool),
+                "linf": np.zeros(0), "l2": np.zeros(0)}
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-            generator: torch.Generator, batch_size: int) -> EvalOutcome:
-        n = x.shape[0]
-        device = x.device
-        correct = torch.zeros(n, dtype=torch.bool, device=device)
-        adv_correct = torch.zeros(n, dtype=torch.bool, device=device)
+    def attack_batch(self, model, x, y, *, generator, example_seeds) -> BatchOutcome:
+        n, device = len(x), x.device
         linf = torch.zeros(n, dtype=torch.float64, device=device)
         l2 = torch.zeros(n, dtype=torch.float64, device=device)
         validity: Dict[str, int] = {}
-        loss_sums: Optional[List[torch.Tensor]] = None
-        self.prepare(model, x, y)
+        loss_sums: Optional[List[float]] = None
         recorder = LossRecorder(model) if self.record_loss else None
-
-        for start, stop in batches(n, batch_size):
-            xb, yb = x[start:stop], y[start:stop]
+        with torch.no_grad():
+            clean_ok = model(x).argmax(1) == y
+        survived = clean_ok.clone()
+        last_ok = torch.zeros_like(clean_ok)
+        todo = torch.arange(n, device=device)
+        for restart in range(self.restarts):
+            if restart > 0:
+                todo = survived.nonzero().squeeze(1)
+                if todo.numel() == 0:
+                    break
+            xs, ys = x[todo], y[todo]
+            seed = draw_seed(generator)
+            target = model
+            if recorder is not None and restart == 0:
+                recorder.labels, recorder.losses = ys, []
+                target = recorder
+            with seeded_global_rng(seed, device):
+                x_adv = self.perturb(target, xs, ys).detach()
+            checks.add_counts(validity, checks.validate_adversarial(xs, x_adv, self.eps, self.norm))
             with torch.no_grad():
-                clean_ok = model(xb).argmax(1) == yb
-            survived = clean_ok.clone()
-            last_ok = torch.zeros_like(clean_ok)
-            todo = torch.arange(len(xb), device=device)
-            for restart in range(self.restarts):
-                if restart > 0:
-                    todo = survived.nonzero().squeeze(1)
-                    if todo.numel() == 0:
-                        break
-                xs, ys = xb[todo], yb[todo]
-                seed = draw_seed(generator)
-                target = model
-                if recorder is not None and restart == 0:
-                    recorder.labels, recorder.losses = ys, []
-                    target = recorder
-                with seeded_global_rng(seed, device):
-                    x_adv = self.perturb(target, xs, ys).detach()
-                checks.add_counts(validity, checks.validate_adversarial(xs, x_adv, self.eps, self.norm))
-                with torch.no_grad():
-                    out = target(x_adv)
-                    ok = out.argmax(1) == ys
-                if target is recorder:
-                    step_sums = torch.stack(recorder.losses) if recorder.losses else None
-                    recorder.labels, recorder.losses = None, []
-                    if step_sums is not None:
-                        loss_sums = [step_sums] if loss_sums is None else loss_sums + [step_sums]
-                last_ok[todo] = ok
-                survived[todo] &= ok
-                a, b = perturbation_norms(xs, x_adv)
-                linf[start + todo], l2[start + todo] = a, b
-            correct[start:stop] = survived
-            adv_correct[start:stop] = last_ok
+                ok = target(x_adv).argmax(1) == ys
+            if target is recorder:
+                if recorder.losses:
+                    # one host read per batch, none per step
+                    loss_sums = [float(v) for v in torch.stack(recorder.losses).tolist()]
+                recorder.labels, recorder.losses = None, []
+            last_ok[todo] = ok
+            survived[todo] &= ok
+            a, b = perturbation_norms(xs, x_adv)
+            linf[todo], l2[todo] = a, b
+        per_example = {"correct": survived.cpu().numpy(), "adv_correct": last_ok.cpu().numpy(),
+                       "linf": linf.cpu().numpy(), "l2": l2.cpu().numpy()}
+        totals: Dict[str, Any] = {"validity": validity}
+        if loss_sums is not None:
+            totals["loss_sums"] = loss_sums
+        return BatchOutcome(per_example=per_example, totals=totals)
 
-        info: Dict[str, Any] = dict(self.describe(), validity=validity)
-        if loss_sums:
-            # every batch's restart-0 forwards: one row per batch, one column per forward
-            lengths = {len(s) for s in loss_sums}
-            if len(lengths) == 1:
-                info["loss_curve"] = [float(v) / n for v in torch.stack(loss_sums).sum(0).tolist()]
-        per_example = {
-            "correct": correct.cpu().numpy(),
-            "adv_correct": adv_correct.cpu().numpy(),
-            "linf": linf.cpu().numpy(),
-            "l2": l2.cpu().numpy(),
-        }
+    def finish(self, per_example, totals) -> EvalOutcome:
+        n = len(per_example["correct"])
+        info: Dict[str, Any] = dict(self.describe(), validity=dict(totals.get("validity") or {}))
+        sums = totals.get("loss_sums")
+        if sums and n:
+            # restart-0 forwards of every batch added up: one value per forward
+            info["loss_curve"] = [float(v) / n for v in sums]
         metrics = {"acc": percent(per_example["correct"]), "adv_acc": percent(per_example["adv_correct"]),
                    "n": int(n)}
         return EvalOutcome(per_example=per_example, metrics=metrics, info=info)
-
-
-def set_torchattacks_device(attack, device: torch.device):
-    attack.set_device(device)
-    return attack
 
 
 def torchattacks_version() -> str:

@@ -11,28 +11,45 @@ device. ``run`` returns an :class:`EvalOutcome`: per-example arrays (always
 ``correct``; ``queries``, ``linf``, ``l2`` where they apply), the evaluator's
 metrics, and ``info`` holding its full settings.
 
+Batches. An evaluator works batch by batch (``attack_batch``) and combines
+the batches' outcomes afterwards (``finish``), so that the protocol can give
+different batches to different processes and gather them. Every batch's
+randomness comes from a generator seeded from (evaluator seed, batch index)
+and every example's from (evaluator seed, example position), never from how
+many batches ran before in this process: one process and several give the
+same per-example outcomes.
+
 Result names (see docs/evaluators.md): a base derived from the type and the
 option that identifies the attack (``clean``, ``fgsm``, ``pgd10``, ``simba``,
-``simba_dct``, ``autoattack``, ``noise``), then ``_<option><value>`` for
-each naming option whose value differs from its default, in the evaluator's
-option order. Option names lose their underscores; a number with at most three
-significant digits is written in decimal with ``p`` for the point (``eps0p5``,
-``step0p025``); other numbers in pixel units (eps, PGD step, SimBA's
-linf_bound) that are a whole number of 255ths are written in 255ths (``eps16`` =
-16/255); booleans as 0/1; strings as written.
+``simba_dct``, ``autoattack``, ``autoattack_fast``, ``noise``), then
+``_<option><value>`` for each naming option whose value differs from its
+default, in the evaluator's option order. Option names lose their
+underscores; a number with at most three significant digits is written in
+decimal with ``p`` for the point (``eps0p5``, ``step0p025``); other numbers
+in pixel units (eps, PGD step, SimBA's linf_bound) that are a whole number of
+255ths are written in 255ths (``eps16`` = 16/255); booleans as 0/1; strings as
+written.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+
+from ._options import (as_bool, as_choice, as_float, as_int, format_value, fraction_text,  # noqa: F401
+                       name_suffix)
+
+__all__ = [
+    "KINDS", "BatchOutcome", "EvalOutcome", "Evaluator", "add_totals", "as_bool", "as_choice", "as_float", "as_int",
+    "attack_batches", "batch_generator", "batches", "check_columns", "combine", "draw_seed", "example_seeds",
+    "format_value", "fraction_text", "mix_seed", "model_device", "name_suffix", "percent", "perturbation_norms",
+    "seeded_global_rng",
+]
 
 KINDS = ("clean", "whitebox", "blackbox")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -56,24 +73,50 @@ class EvalOutcome:
     info: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if "correct" not in self.per_example:
-            raise ValueError("EvalOutcome.per_example needs a 'correct' column")
-        lengths = {k: len(v) for k, v in self.per_example.items()}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"EvalOutcome.per_example columns differ in length: {lengths}")
-        for key, value in self.per_example.items():
-            if not isinstance(value, np.ndarray) or value.ndim != 1:
-                raise ValueError(f"EvalOutcome.per_example['{key}'] must be a 1-D numpy array")
+        check_columns(self.per_example, "EvalOutcome")
+
+
+@dataclass
+class BatchOutcome:
+    """What an evaluator measured on one batch: per-example columns (numpy)
+    and totals that add up over batches (numbers, lists of numbers added
+    element by element, or dicts of those). Plain data, so that it can be
+    pickled and gathered from other processes."""
+
+    per_example: Dict[str, np.ndarray]
+    totals: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_columns(self.per_example, "BatchOutcome")
+
+
+def check_columns(per_example: Dict[str, np.ndarray], what: str) -> None:
+    if "correct" not in per_example:
+        raise ValueError(f"{what}.per_example needs a 'correct' column")
+    lengths = {k: len(v) for k, v in per_example.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{what}.per_example columns differ in length: {lengths}")
+    for key, value in per_example.items():
+        if not isinstance(value, np.ndarray) or value.ndim != 1:
+            raise ValueError(f"{what}.per_example['{key}'] must be a 1-D numpy array")
 
 
 class Evaluator:
     """Base class of every evaluator.
 
     Subclasses set ``kind``, take their options as keyword-only arguments of
-    ``__init__`` (with ``name=None`` among them), and implement ``run`` and
-    ``name_options``. ``headline`` lists the metric keys that the protocol
-    publishes as ``<name>_<key>`` in the run's metrics; the rest go to the
-    run's per-evaluator details.
+    ``__init__`` (with ``name=None`` among them), implement ``name_options``
+    and either
+
+    * ``attack_batch`` (one batch; optionally ``prepare``, ``finish`` and
+      ``batch_size_for``): the protocol can then split the batches between
+      processes, and ``run`` comes for free; or
+    * ``run`` alone (the whole input at once): such an evaluator runs in one
+      process only (rank 0 under sharding).
+
+    ``headline`` lists the metric keys that the protocol publishes as
+    ``<name>_<key>`` in the run's metrics; the rest go to the run's
+    per-evaluator details.
     """
 
     kind: str = "whitebox"
@@ -123,9 +166,49 @@ class Evaluator:
     def describe(self) -> Dict[str, Any]:
         return {"type": self.type, "name": self.name, "kind": self.kind, **self.settings()}
 
+    # -- measuring --------------------------------------------------------
+    @property
+    def batchwise(self) -> bool:
+        """True when the evaluator implements ``attack_batch`` (and can be sharded)."""
+        return type(self).attack_batch is not Evaluator.attack_batch
+
+    def batch_size_for(self, batch_size: int) -> int:
+        """The batch this evaluator works in, given the protocol's."""
+        return batch_size
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Called once with every input before the batches (e.g. to infer n_classes)."""
+
+    def attack_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                     generator: torch.Generator, example_seeds: np.ndarray) -> BatchOutcome:
+        """Measure one batch. ``generator`` is this batch's, seeded from
+        (evaluator seed, batch index); ``example_seeds`` holds one seed per
+        example, from (evaluator seed, example position), for randomness that
+        must not depend on how the examples are batched."""
+        raise NotImplementedError
+
+    def empty_columns(self) -> Dict[str, np.ndarray]:
+        """The per-example columns of an evaluation on no example."""
+        return {"correct": np.zeros(0, dtype=bool)}
+
+    def finish(self, per_example: Dict[str, np.ndarray], totals: Dict[str, Any]) -> EvalOutcome:
+        """The outcome from every batch's columns (concatenated in example
+        order) and totals (added up)."""
+        correct = per_example["correct"]
+        return EvalOutcome(per_example=per_example, metrics={"acc": percent(correct), "n": int(len(correct))},
+                           info=self.describe())
+
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator, batch_size: int) -> EvalOutcome:
-        raise NotImplementedError
+        """Every batch in this process; the protocol's result for the same
+        seed (``generator`` seeded with the evaluator seed) and batch size."""
+        if not self.batchwise:
+            raise NotImplementedError(f"{type(self).__name__} implements neither run nor attack_batch")
+        base = draw_seed(generator)
+        self.prepare(model, x, y)
+        spans = list(batches(len(x), self.batch_size_for(batch_size)))
+        parts = attack_batches(self, model, x, y, base, spans, range(len(spans)))
+        return combine(self, [parts[b] for b in range(len(spans))])
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
@@ -133,99 +216,64 @@ class Evaluator:
 
 
 # ---------------------------------------------------------------------------
-# option parsing and naming helpers
+# batches and their seeds
 
-def as_float(value: Any, what: str) -> float:
-    """A number from an int/float or a string like "8/255" or "0.03"."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        out = float(value)
-    elif isinstance(value, str):
-        text = value.replace(" ", "")
-        try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                out = float(num) / float(den)
-            else:
-                out = float(text)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"{what} must be a number or a fraction like '8/255', got {value!r}") from None
-    else:
-        raise ValueError(f"{what} must be a number, got {value!r}")
-    if not math.isfinite(out):
-        raise ValueError(f"{what} must be finite, got {value!r}")
+def mix_seed(base: int, index: int) -> int:
+    """A 63-bit seed from (base, index) (splitmix64): nearby indices give
+    unrelated seeds, and the result depends on nothing else."""
+    z = (int(base) + 0x9E3779B97F4A7C15 * (int(index) + 1)) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 1
+
+
+def batch_generator(base: int, batch_index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(mix_seed(base, 2 * batch_index))
+
+
+def example_seeds(base: int, start: int, stop: int) -> np.ndarray:
+    # odd indices: never the same seed as a batch's generator
+    return np.array([mix_seed(base, 2 * i + 1) for i in range(start, stop)], dtype=np.int64)
+
+
+def attack_batches(ev: Evaluator, model: nn.Module, x: torch.Tensor, y: torch.Tensor, base: int,
+                   spans: Sequence[Tuple[int, int]], batch_ids: Sequence[int],
+                   on_batch: Optional[Callable[[], Any]] = None) -> Dict[int, BatchOutcome]:
+    """``ev.attack_batch`` on the batches ``batch_ids`` of ``spans``, each with
+    the randomness of its index; ``on_batch`` is called after each."""
+    out: Dict[int, BatchOutcome] = {}
+    for b in batch_ids:
+        start, stop = spans[b]
+        out[b] = ev.attack_batch(model, x[start:stop], y[start:stop], generator=batch_generator(base, b),
+                                 example_seeds=example_seeds(base, start, stop))
+        if on_batch is not None:
+            on_batch()
     return out
 
 
-def as_int(value: Any, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{what} must be an integer, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
-    return value
-
-
-def as_bool(value: Any, what: str) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ValueError(f"{what} must be true or false, got {value!r}")
-
-
-def as_choice(value: Any, what: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
-def format_value(value: Any, unit: str = "") -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return "1" if value else "0"
-    if value is None:
-        return "none"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        short = f"{value:.3g}"
-        if float(short) != value and unit == "pixel":
-            k = value * 255.0
-            if abs(k - round(k)) < 1e-6 and round(k) != 0:
-                return str(int(round(k)))
-        text = short if float(short) == value else f"{value:g}"
-        return text.replace(".", "p").replace("-", "m").replace("+", "")
-    return re.sub(r"[^A-Za-z0-9]", "", str(value))
-
-
-def name_suffix(options: Iterable[Tuple[str, Any, Any, str]]) -> str:
-    parts = []
-    for key, value, default, unit in options:
-        if _same(value, default):
-            continue
-        parts.append(key.replace("_", "") + format_value(value, unit))
-    return "".join("_" + p for p in parts)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        if a is None or b is None:
-            return a is b
-        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
-    return a == b
-
-
-def fraction_text(value: Optional[float]) -> Optional[str]:
-    """'8/255' for a whole number of 255ths, else None (for readable records)."""
-    if value is None:
+def add_totals(a: Any, b: Any) -> Any:
+    """a + b for totals: numbers add, dicts add per key, lists element by
+    element (None when their lengths differ: the sum is then meaningless)."""
+    if a is None or b is None:
         return None
-    frac = Fraction(value).limit_denominator(255)
-    if abs(float(frac) - value) < 1e-9 and 255 % frac.denominator == 0:
-        return f"{int(frac * 255)}/255"
-    return None
+    if isinstance(a, dict):
+        return {k: add_totals(a.get(k, 0), b.get(k, 0)) if k in a and k in b else a.get(k, b.get(k))
+                for k in list(a) + [k for k in b if k not in a]}
+    if isinstance(a, (list, tuple)):
+        return [u + v for u, v in zip(a, b)] if len(a) == len(b) else None
+    return a + b
+
+
+def combine(ev: Evaluator, parts: Sequence[BatchOutcome]) -> EvalOutcome:
+    """``ev.finish`` of batch outcomes given in example order."""
+    if parts:
+        columns = {k: np.concatenate([p.per_example[k] for p in parts]) for k in parts[0].per_example}
+        totals: Dict[str, Any] = dict(parts[0].totals)
+        for p in parts[1:]:
+            totals = add_totals(totals, p.totals)
+    else:
+        columns, totals = ev.empty_columns(), {}
+    return ev.finish(columns, totals)
 
 
 # ---------------------------------------------------------------------------

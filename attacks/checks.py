@@ -1,102 +1,55 @@
-"""The sanity checks of EVALUATION.md, run automatically by the protocol.
+"""The sanity checks, run automatically by the protocol; docs/evaluators.md
+("Sanity checks") defines each one and its flag.
 
 Two levels:
 
-* errors (raise :class:`StateChangedError`): a parameter or buffer of the
-  model changed during an attack (hashed before and after each one), or an
-  attack left the model out of eval mode. Such a run's numbers mean nothing.
+* errors (raise :class:`StateChangedError`, from ``attacks._state``): the
+  model's state (parameters, buffers, plain tensor attributes) changed during
+  an attack, or an attack left the model out of eval mode. Such a run's
+  numbers mean nothing.
 * flags (short strings collected in a list, written on the run's record):
-  everything else. Each flag is explained in ``docs/evaluators.md`` and, for
-  a given run, in ``EvaluationReport.flag_notes``.
+  everything else, each with a note saying what was measured
+  (``EvaluationReport.flag_notes``). The model probes are in
+  ``attacks._probes``; the checks on the outcomes are here.
 
-Flag strings (``<name>`` is an evaluator's result name)::
-
-    <name>:outside_eps_ball   an adversarial input left the eps-ball
-    <name>:outside_0_1        an adversarial input left [0, 1]
-    <name>:nan_input          an adversarial input holds NaN/inf
-    <name>>clean              accuracy on the adversarial inputs above clean accuracy
-    <pgd>><fgsm>              PGD weaker than FGSM at the same eps (e.g. pgd20>fgsm)
-    <more>><fewer>            PGD with more steps weaker (e.g. pgd20>pgd10)
-    <big>><small>             accuracy rises with eps (e.g. pgd10_eps16>pgd10)
-    <name>:above_chance       at eps >= 0.5 (L_inf) accuracy stays above chance
-    <blackbox>><whitebox>     black-box broke examples, inside the white-box eps, that
-                              the white-box attack did not (e.g. simba>pgd20)
-    <name>:loss_falls         PGD's mean loss is lower after the last step than at the start
-    nondeterministic          two identical forwards gave different logits
-    zero_grad                 input gradients are exactly zero on >= 5% of examples
-    nan_grad                  input gradients hold NaN/inf
-    not_logits                the model outputs probabilities (rows >= 0 summing to 1)
-    nan_output                the model outputs NaN/inf on clean inputs
+Comparisons "A should not beat B" between two evaluators are paired: on the
+examples both saw, let ``a`` count those only A leaves correct and ``b`` those
+only B leaves correct. Under "A is no stronger nor weaker than B" each of
+these ``a + b`` discordant examples is equally likely to go either way, so
+the flag fires when the exact one-sided binomial tail
+``P(X >= a | X ~ Bin(a + b, 1/2))`` is below ``alpha`` (0.01 by default;
+the protocol's ``alpha``). Both attacks are random, so a few examples either
+way are chance, not a broken evaluation.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
+from math import comb
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+from ._probes import BATCH_RTOL, DETERMINISM_RTOL, ZERO_GRAD_FRACTION, probe_model  # noqa: F401
+from ._state import (StateChangedError, assert_eval_mode, assert_state_unchanged, state_fingerprint,  # noqa: F401
+                     training_modules)
+
+__all__ = [
+    "ALPHA", "BATCH_RTOL", "CHANCE_MARGIN", "DETERMINISM_RTOL", "EPS_TOL", "LARGE_EPS", "ZERO_GRAD_FRACTION",
+    "Result", "StateChangedError", "add_counts", "assert_eval_mode", "assert_state_unchanged", "binomial_tail",
+    "broken_in_threat_model", "comparison_flags", "in_threat_model", "infer_threat_model", "outcome_flags",
+    "paired_excess", "probe_model", "state_fingerprint", "training_modules", "validate_adversarial",
+    "validity_flags", "worst_case_correct",
+]
 
 #: float tolerance on the eps-ball (x + eps rounds to within a few ulp of 1.0)
 EPS_TOL = 1e-6
-#: flag zero_grad when at least this fraction of probed examples has a zero input gradient
-ZERO_GRAD_FRACTION = 0.05
-#: relative tolerance of the determinism probe (scaled by the largest |logit|)
-DETERMINISM_RTOL = 1e-5
 #: L_inf radius from which accuracy should be near chance (every image can become grey)
 LARGE_EPS = 0.5
 #: points above the largest class share still tolerated at LARGE_EPS
 CHANCE_MARGIN = 5.0
-
-
-class StateChangedError(RuntimeError):
-    """A model's parameters, buffers or train/eval mode changed during an attack."""
-
-
-# ---------------------------------------------------------------------------
-# errors: state fingerprints and eval mode
-
-def _tensor_digest(tensor: torch.Tensor) -> str:
-    t = tensor.detach()
-    h = hashlib.sha1(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    flat = t.reshape(-1).contiguous()
-    if flat.numel():
-        h.update(flat.view(torch.uint8).cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def state_fingerprint(model: nn.Module) -> Dict[str, str]:
-    """A digest of every parameter and buffer (name -> sha1 of its bytes)."""
-    out: Dict[str, str] = {}
-    for name, p in model.named_parameters():
-        out["param:" + name] = _tensor_digest(p)
-    for name, b in model.named_buffers():
-        out["buffer:" + name] = _tensor_digest(b)
-    return out
-
-
-def training_modules(model: nn.Module) -> List[str]:
-    return [name or "(model)" for name, m in model.named_modules() if m.training]
-
-
-def assert_state_unchanged(before: Dict[str, str], after: Dict[str, str], attack: str) -> None:
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise StateChangedError(
-            f"the model's state changed during evaluator '{attack}': {shown}. An attack must not move "
-            "running statistics, spectral-norm vectors or cached filters; make the module keep them "
-            "fixed in eval mode (or under torch.no_grad), then re-run the evaluation.")
-
-
-def assert_eval_mode(model: nn.Module, attack: str) -> None:
-    still = training_modules(model)
-    if still:
-        raise StateChangedError(
-            f"evaluator '{attack}' left modules in training mode: {', '.join(still[:5])}; "
-            "every attack must run the model in eval mode")
+#: significance level of the paired comparisons
+ALPHA = 0.01
 
 
 # ---------------------------------------------------------------------------
@@ -135,52 +88,10 @@ def validity_flags(name: str, counts: Dict[str, int]) -> List[Tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------
-# model probes (run once before the attacks)
-
-def probe_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> List[Tuple[str, str]]:
-    """Determinism, gradients and output type on one batch; returns (flag, note) pairs."""
-    out: List[Tuple[str, str]] = []
-    with torch.no_grad():
-        a = model(x)
-        b = model(x)
-    if not torch.isfinite(a).all():
-        out.append(("nan_output", "the model's outputs on clean inputs hold NaN/inf"))
-    scale = float(a.detach().abs().max()) if a.numel() and torch.isfinite(a).all() else 1.0
-    diff = float((a.double() - b.double()).abs().max()) if a.shape == b.shape else float("inf")
-    if not (diff <= DETERMINISM_RTOL * (1.0 + scale)):
-        out.append(("nondeterministic",
-                    f"two identical forwards differ by {diff:.3g} (largest |logit| {scale:.3g})"))
-    if a.shape[1] > 1 and bool(((a >= 0).all())) and torch.allclose(
-            a.double().sum(1), torch.ones(a.shape[0], dtype=torch.float64, device=a.device), atol=1e-4):
-        out.append(("not_logits", "outputs are non-negative rows summing to 1 (probabilities, not logits)"))
-
-    xg = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(xg)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        if loss.requires_grad:
-            grad = torch.autograd.grad(loss, xg, allow_unused=True)[0]
-        else:
-            grad = None
-    if grad is None:
-        grad = torch.zeros_like(xg)
-    grad = grad.detach().flatten(1)
-    if not torch.isfinite(grad).all():
-        out.append(("nan_grad", "input gradients hold NaN/inf"))
-    zero = (grad == 0).all(1)
-    frac = float(zero.double().mean())
-    if frac >= ZERO_GRAD_FRACTION:
-        out.append(("zero_grad", f"input gradient exactly zero on {100 * frac:.1f}% of {len(zero)} probed examples"))
-    return out
-
-
-# ---------------------------------------------------------------------------
-# comparisons between evaluators (run once after the attacks)
+# one evaluator's outcome, as the checks see it
 
 @dataclass
 class Result:
-    """One evaluator's outcome, as the comparisons see it."""
-
     name: str
     type: str
     kind: str
@@ -196,7 +107,20 @@ class Result:
 
     @property
     def norm(self) -> str:
-        return self.settings.get("norm", "Linf")
+        return self.settings.get("norm") or "Linf"
+
+
+def outcome_flags(r: Result) -> List[Tuple[str, str]]:
+    """Flags about one evaluator's own measurement (raised even without ``checks``)."""
+    out = validity_flags(r.name, r.info.get("validity", {}))
+    frac = r.metrics.get("saturated_frac")
+    if r.type == "simba" and r.settings.get("score") == "prob" and frac:
+        n = len(r.per_example["correct"])
+        out.append((f"{r.name}:saturated",
+                    f"{100 * frac:.1f}% of {n} attacked images start with a true-class probability of exactly "
+                    "1.0 in float32: every step ties there and SimBA stalls, so its success rate measures the "
+                    "logit scale as much as robustness (score: log_odds does not saturate)"))
+    return out
 
 
 def _common(a: Result, b: Result) -> Tuple[np.ndarray, np.ndarray]:
@@ -204,51 +128,145 @@ def _common(a: Result, b: Result) -> Tuple[np.ndarray, np.ndarray]:
     return ia, ib
 
 
-def _acc_on_common(a: Result, b: Result) -> Tuple[float, float, int]:
-    ia, ib = _common(a, b)
-    if len(ia) == 0:
-        return float("nan"), float("nan"), 0
-    return (100.0 * a.per_example["correct"][ia].mean(), 100.0 * b.per_example["correct"][ib].mean(), len(ia))
+# ---------------------------------------------------------------------------
+# the paired test
+
+def binomial_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2), exactly."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    term = comb(n, k)
+    total = term
+    for i in range(k, n):
+        term = term * (n - i) // (i + 1)
+        total += term
+    return total / 2 ** n
 
 
-#: z-score a paired excess must pass before a comparison between two attacks
-#: is flagged: both attacks are random (random starts), so on n examples their
-#: accuracies differ by a few examples by chance alone.
-COMPARISON_Z = 2.0
-
-
-def _greater(first: Result, second: Result, tol: float) -> Optional[str]:
-    """A note when ``first`` (expected at most as accurate) leaves significantly
-    more examples correct than ``second``, on their common examples.
-
-    Paired (McNemar) test: with ``only_first`` the examples first leaves correct
-    and second breaks, and ``only_second`` the reverse, flag when
-    ``only_first - only_second > max(tol examples, z * sqrt(only_first + only_second))``.
-    A stronger attack that loses by one or two examples to random-start noise
-    is not flagged; a systematic deficit is."""
+def paired_excess(first: Result, second: Result, alpha: float, *, first_correct: Optional[np.ndarray] = None,
+                  second_correct: Optional[np.ndarray] = None, what: str = "") -> Optional[str]:
+    """A note when ``first`` (expected at most as accurate as ``second``) leaves
+    significantly more of their common examples correct; else None.
+    ``*_correct`` replace the evaluators' ``correct`` columns (aligned with their index)."""
     ia, ib = _common(first, second)
     if not len(ia):
         return None
-    a = np.asarray(first.per_example["correct"][ia], dtype=bool)
-    b = np.asarray(second.per_example["correct"][ib], dtype=bool)
+    fa = first.per_example["correct"] if first_correct is None else first_correct
+    sb = second.per_example["correct"] if second_correct is None else second_correct
+    a = np.asarray(fa[ia], dtype=bool)
+    b = np.asarray(sb[ib], dtype=bool)
     only_first, only_second = int((a & ~b).sum()), int((~a & b).sum())
-    excess = only_first - only_second
-    if excess > 0 and excess > max(tol / 100.0 * len(ia), COMPARISON_Z * float(np.sqrt(only_first + only_second))):
+    p = binomial_tail(only_first, only_first + only_second)
+    if only_first > only_second and p < alpha:
         return (f"{first.name} {100.0 * a.mean():.2f}% > {second.name} {100.0 * b.mean():.2f}% on {len(ia)} "
-                f"common examples ({only_first} survive only {first.name}, {only_second} only {second.name})")
+                f"common examples{what}: {only_first} stay correct only under {first.name}, {only_second} only "
+                f"under {second.name} (one-sided exact binomial p = {p:.2g} < alpha {alpha:g})")
     return None
 
 
-_PGD_FAMILY = ("step", "random_start", "restarts", "norm")
+# ---------------------------------------------------------------------------
+# the threat model and the per-example worst case
+
+def infer_threat_model(results: Sequence[Result]) -> Optional[Tuple[str, float]]:
+    """(norm, eps) held by the most white-box evaluators (ties: the first
+    listed); None when no white-box evaluator has an eps."""
+    counts: Dict[Tuple[str, float], int] = {}
+    for r in results:
+        if r.kind == "whitebox" and r.eps is not None:
+            key = next((k for k in counts if k[0] == r.norm and abs(k[1] - r.eps) <= 1e-9), (r.norm, float(r.eps)))
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(k for k, v in counts.items() if v == best)
+
+
+def in_threat_model(r: Result, threat: Optional[Tuple[str, float]]) -> bool:
+    """Whether every input ``r`` tried lies in the threat model's ball."""
+    if r.kind == "clean":
+        return True
+    if threat is None or r.eps is None:
+        return False
+    return r.norm == threat[0] and r.eps <= threat[1] + EPS_TOL
+
+
+def broken_in_threat_model(r: Result, threat: Optional[Tuple[str, float]]) -> Optional[np.ndarray]:
+    """Per example of ``r``: broken with a perturbation inside the threat
+    model's ball. None when ``r`` says nothing about the threat model."""
+    broken = ~np.asarray(r.per_example["correct"], dtype=bool)
+    if threat is None:
+        # no threat model: white-box attacks count as they are (the run's own
+        # eps), black-box ones are not in any ball
+        return broken if r.kind == "whitebox" else None
+    norm, eps = threat
+    size = r.per_example.get("linf" if norm == "Linf" else "l2")
+    if size is not None:
+        return broken & (np.asarray(size, dtype=np.float64) <= eps + EPS_TOL)
+    if r.eps is None and r.kind == "whitebox":
+        return broken                       # a white-box evaluator with no radius of its own
+    return broken if in_threat_model(r, threat) else None
+
+
+def worst_case_correct(results: Sequence[Result], threat: Optional[Tuple[str, float]] = None, *,
+                       kinds: Sequence[str] = ("whitebox", "blackbox"),
+                       infer: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """(index, survived): the examples the clean evaluator saw (sorted test-set
+    indices; without one, those every white-box evaluator saw) and, per
+    example, whether it is clean-correct and no attack of ``kinds`` broke it
+    inside the threat model's ball. An attack that did not see an example
+    (SimBA on its subset) does not count for it. The worst-case accuracy is the
+    mean of ``survived``, not a minimum of per-attack means."""
+    if threat is None and infer:
+        threat = infer_threat_model(results)
+    clean = next((r for r in results if r.kind == "clean"), None)
+    if clean is not None:
+        base = np.sort(clean.index)
+    else:
+        white = [r for r in results if r.kind == "whitebox"]
+        if not white:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        base = np.sort(white[0].index)
+        for r in white[1:]:
+            base = np.intersect1d(base, r.index, assume_unique=True)
+    survived = np.ones(len(base), dtype=bool)
+    for r in results:
+        if r.kind == "clean":
+            lost = ~np.asarray(r.per_example["correct"], dtype=bool)
+        elif r.kind in kinds:
+            lost = broken_in_threat_model(r, threat)
+            if lost is None:
+                continue
+        else:
+            continue
+        _, in_base, in_r = np.intersect1d(base, r.index, assume_unique=True, return_indices=True)
+        survived[in_base] &= ~lost[in_r]
+    return base, survived
+
+
+# ---------------------------------------------------------------------------
+# comparisons between evaluators (run once after the attacks)
+
 _EPS_FAMILY_FREE = ("eps", "eps_text", "step", "step_text")
 
 
+def _steps_text(r: Result) -> str:
+    step = r.settings.get("step")
+    shown = r.settings.get("step_text") or (f"{step:.3g}" if isinstance(step, float) else str(step))
+    return f"{r.settings.get('steps')} steps of {shown}"
+
+
+def _same_eps(a: Result, b: Result) -> bool:
+    return a.eps is not None and b.eps is not None and abs(a.eps - b.eps) < 1e-9 and a.norm == b.norm
+
+
 def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = None,
-                     class_share: Optional[float] = None, tol: float = 0.0) -> List[Tuple[str, str]]:
-    """Flags from comparing evaluators (checks 1-5 and 7 of EVALUATION.md).
+                     class_share: Optional[float] = None, alpha: float = ALPHA) -> List[Tuple[str, str]]:
+    """Flags from comparing evaluators (docs/evaluators.md, checks 1 to 5).
 
     ``class_share`` is the largest class's share (in %) of the evaluated
-    examples; ``tol`` a tolerance in accuracy points for the comparisons."""
+    examples; ``alpha`` the significance level of the paired comparisons."""
     out: List[Tuple[str, str]] = []
     by_type: Dict[str, List[Result]] = {}
     for r in results:
@@ -257,52 +275,46 @@ def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = No
     white = [r for r in results if r.kind == "whitebox"]
     black = [r for r in results if r.kind == "blackbox"]
 
-    # validity of the adversarial inputs, reported by the wrappers
     for r in results:
-        out.extend(validity_flags(r.name, r.info.get("validity", {})))
+        out.extend(outcome_flags(r))
 
-    # 1. robust <= clean (before the adversary may keep x itself: the raw accuracy on x_adv)
+    # 1. robust <= clean, on what the harness reports (correct clean and under attack)
     if clean is not None:
         for r in white + black:
-            raw = r.per_example.get("adv_correct", r.per_example["correct"])
-            ia, ib = _common(r, clean)
-            if len(ia):
-                acc_r, acc_c = 100.0 * raw[ia].mean(), 100.0 * clean.per_example["correct"][ib].mean()
-                if acc_r > acc_c + tol:
-                    out.append((f"{r.name}>clean", f"{r.name} {acc_r:.2f}% on its adversarial inputs > "
-                                                   f"clean {acc_c:.2f}% on {len(ia)} common examples"))
+            note = paired_excess(r, clean, alpha)
+            if note:
+                out.append((f"{r.name}>clean", note))
 
-    # 2. iterative beats single-step; more steps not weaker
+    # 2. iterative beats single-step; more steps at the same eps not weaker, whatever the step sizes
     for p in by_type.get("pgd", []):
         for f in by_type.get("fgsm", []):
-            if p.eps is not None and f.eps is not None and abs(p.eps - f.eps) < 1e-9 and p.norm == f.norm:
-                note = _greater(p, f, tol)
+            if _same_eps(p, f):
+                note = paired_excess(p, f, alpha)
                 if note:
                     out.append((f"{p.name}>{f.name}", note))
     pgds = by_type.get("pgd", [])
     for a in pgds:
         for b in pgds:
-            same = all(a.settings.get(k) == b.settings.get(k) for k in _PGD_FAMILY)
-            if same and a.eps is not None and b.eps is not None and abs(a.eps - b.eps) < 1e-9 \
-                    and a.settings.get("steps", 0) > b.settings.get("steps", 0):
-                note = _greater(a, b, tol)
+            if _same_eps(a, b) and a.settings.get("steps", 0) > b.settings.get("steps", 0) \
+                    and a.settings.get("restarts", 1) >= b.settings.get("restarts", 1):
+                steps = f" ({_steps_text(a)} against {_steps_text(b)})"
+                note = paired_excess(a, b, alpha, what=steps)
                 if note:
                     out.append((f"{a.name}>{b.name}", note))
 
     # 3. monotone in eps within a family (same type and every setting but eps and
-    #    the step size, which is usually scaled with eps)
+    #    the step size, which is usually scaled with eps) ...
     families: Dict[Tuple, List[Result]] = {}
     for r in white:
         if r.eps is None:
             continue
-        key = (r.type,) + tuple(sorted((k, repr(v)) for k, v in r.settings.items()
-                                       if k not in _EPS_FAMILY_FREE))
+        key = (r.type,) + tuple(sorted((k, repr(v)) for k, v in r.settings.items() if k not in _EPS_FAMILY_FREE))
         families.setdefault(key, []).append(r)
     for members in families.values():
         members = sorted(members, key=lambda r: r.eps)
         for small, big in zip(members, members[1:]):
             if big.eps > small.eps + 1e-12:
-                note = _greater(big, small, tol)
+                note = paired_excess(big, small, alpha)
                 if note:
                     out.append((f"{big.name}>{small.name}", note))
     # ... and about chance at a large eps: every image can be moved to the same grey image
@@ -315,24 +327,20 @@ def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = No
                                 f"{r.name} keeps {acc:.2f}% at eps {r.eps:g}; the largest class share is "
                                 f"{class_share:.2f}% (at eps >= {LARGE_EPS} every input can become the same grey image)"))
 
-    # 4. white-box beats black-box, within the white-box threat model
+    # 4. white-box beats black-box, within the white-box threat model: a
+    #    black-box break outside the white-box ball does not count
     for b in black:
         for w in white:
             if w.eps is None or w.type not in ("pgd", "autoattack"):
                 continue
-            size_key = "linf" if w.norm == "Linf" else "l2"
-            if size_key not in b.per_example:
+            size = b.per_example.get("linf" if w.norm == "Linf" else "l2")
+            if size is None:
                 continue
-            ib, iw = _common(b, w)
-            if not len(ib):
-                continue
-            broken_b = ~b.per_example["correct"][ib]
-            inside = b.per_example[size_key][ib] <= w.eps + EPS_TOL
-            survived_w = w.per_example["correct"][iw]
-            count = int((broken_b & inside & survived_w).sum())
-            if count:
-                out.append((f"{b.name}>{w.name}",
-                            f"{b.name} broke {count} examples inside {w.name}'s eps {w.eps:g} that {w.name} did not"))
+            b_correct = np.asarray(b.per_example["correct"], dtype=bool) | (np.asarray(size) > w.eps + EPS_TOL)
+            note = paired_excess(w, b, alpha, second_correct=b_correct,
+                                 what=f" (breaks of {b.name} outside eps {w.eps:g} count as correct)")
+            if note:
+                out.append((f"{b.name}>{w.name}", note))
 
     # 5. loss rises along PGD
     for r in by_type.get("pgd", []):
@@ -341,20 +349,3 @@ def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = No
             out.append((f"{r.name}:loss_falls",
                         f"{r.name}'s mean loss fell from {curve[0]:.4g} to {curve[-1]:.4g}; check the step size"))
     return out
-
-
-def worst_case_correct(results: Sequence[Result]) -> Tuple[np.ndarray, np.ndarray]:
-    """(index, survived): the examples that every clean/white-box evaluator saw
-    (sorted test-set indices) and, per example, whether it survived all of them.
-    The worst-case accuracy is the mean of ``survived``, not a minimum of means."""
-    chosen = [r for r in results if r.kind in ("clean", "whitebox")]
-    if not chosen:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
-    common = np.sort(chosen[0].index)
-    for r in chosen[1:]:
-        common = np.intersect1d(common, r.index, assume_unique=True)
-    survived = np.ones(len(common), dtype=bool)
-    for r in chosen:
-        _, _, pos = np.intersect1d(common, r.index, assume_unique=True, return_indices=True)
-        survived &= r.per_example["correct"][pos].astype(bool)
-    return common, survived

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
-from .base import EvalOutcome, Evaluator, batches, percent
+from .base import BatchOutcome, Evaluator
 from .registry import register_evaluator
 
 
@@ -18,11 +19,10 @@ class Clean(Evaluator):
     def __init__(self, *, name: Optional[str] = None):
         super().__init__(name=name)
 
-    def run(self, model, x, y, *, generator, batch_size) -> EvalOutcome:
-        preds = torch.empty(len(x), dtype=torch.long, device=x.device)
+    def empty_columns(self):
+        return {"correct": np.zeros(0, bool), "pred": np.zeros(0, np.int64)}
+
+    def attack_batch(self, model, x, y, *, generator, example_seeds) -> BatchOutcome:
         with torch.no_grad():
-            for start, stop in batches(len(x), batch_size):
-                preds[start:stop] = model(x[start:stop]).argmax(1)
-        correct = (preds == y).cpu().numpy()
-        return EvalOutcome(per_example={"correct": correct, "pred": preds.cpu().numpy()},
-                           metrics={"acc": percent(correct), "n": int(len(x))}, info=self.describe())
+            pred = model(x).argmax(1)
+        return BatchOutcome(per_example={"correct": (pred == y).cpu().numpy(), "pred": pred.cpu().numpy()})

@@ -1,7 +1,8 @@
-"""Random-noise probe (a black-box baseline for EVALUATION.md check 4): each
-pixel moves by +eps or -eps with equal probability, clamped to [0, 1]. An
-example counts as broken if any of ``samples`` draws is misclassified. Noise
-that breaks examples PGD does not is a sign of gradient masking."""
+"""Random-noise probe (the black-box baseline of the white-box-beats-black-box
+check, docs/evaluators.md): each pixel moves by +eps or -eps with equal
+probability, clamped to [0, 1]. An example counts as broken if any of
+``samples`` draws is misclassified. Noise that breaks examples PGD does not
+is a sign of gradient masking."""
 from __future__ import annotations
 
 from typing import Optional

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import os
 import platform
 import shlex
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from robustbench_convnorm import atomic
 
 
 def device_description(device: torch.device) -> str:
@@ -63,17 +66,14 @@ class Table:
 
     def write(self, path: Path) -> Path:
         """The CSV, written atomically (no half-written file if interrupted)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         fields: List[str] = []
         for row in self.rows:
             fields += [k for k in row if k not in fields]
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, path)
-        return path
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return atomic.write_text(Path(path), buf.getvalue())
 
     def markdown(self, columns: Sequence[str], title: str = "") -> str:
         return markdown_table(self.rows, columns, title)
@@ -91,9 +91,14 @@ def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str], ti
                 + f", {first['date']}" + (f", load average {first['load_avg_1min']}" if first.get('load_avg_1min')
                                           else ""))
     head.append(f"command: `{first['command']}`")
-    lines = ["  \n".join(head), "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "  \n".join(head) + "\n\n" + table_rows(rows, columns)
+
+
+def table_rows(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
+    """The bare markdown table (header, rule, one line per row; ``|`` in a cell escaped)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")).replace("|", "\\|") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,14 +12,16 @@ switch on; channels_last is also measured on top of ConvNorm's fast path
 (the baseline column says which), and bf16 autocast (``train.amp: bf16``,
 matching at bf16's tolerance, 2e-2) against fp32, which decides
 ``speed.AMP_AUTO``. Both first run ``--check-steps`` replays from the same state and
-the logits of a fixed probe batch are compared (``rel_diff`` = max |a - b| /
+the logits of a fixed probe batch are compared, on CUDA in true fp32 (TF32 off:
+its rounding would hide a difference; ``rel_diff`` = max |a - b| /
 max |a|; it matches when at most ``--tolerance``, default 1e-4 in fp32, 2e-2
 under bf16 autocast); then both are timed interleaved (median of
 ``--steps`` after ``--warmup``; CUDA events on GPU). ``verdict`` is "on"
 where the switch is at least 3% faster AND matches, else "off": the table of
-verdicts is what ``speed.MEASURED_DEFAULTS`` should say for this device.
+verdicts is what ``speed.MEASURED_DEFAULTS`` should say for this device
+(``python -m benchmarks.verdicts`` turns it into that table).
 
-Writes benchmarks/out/fast_path.csv.
+Writes benchmarks/out/fast_path.csv, after every row.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from benchmarks.common import Table, command_line
-from benchmarks.replay import (FreeReplay, builtin_normalizers, fill_device_defaults, median, pick_device,
-                               random_batch, sync, time_interleaved)
+from benchmarks.replay import (FreeReplay, builtin_normalizers, exact_fp32, fill_device_defaults, median,
+                               pick_device, random_batch, sync, time_interleaved)
 from robustbench_convnorm.config import SpeedConfig
 from robustbench_convnorm.speed import uses_bf16
 
@@ -71,19 +73,20 @@ def compare(name: str, base: Dict[str, str], change: Dict[str, str], args, devic
     plain = FreeReplay(name, batch=args.batch, width=args.width, device=device, amp=args.amp,
                        speed_cfg=SpeedConfig(**{**PLAIN, **base}))
     fast = FreeReplay(name, batch=args.batch, width=args.width, device=device, amp=fast_amp,
-                      speed_cfg=SpeedConfig(**{**PLAIN, **base, **change}))
-    t0 = time.perf_counter()
-    fast.step()  # the first call pays for compilation / autotuning; reported, not timed below
-    sync(device)
-    first_s = time.perf_counter() - t0
-    plain.step()
-    for _ in range(args.check_steps - 1):
+                      speed_cfg=SpeedConfig(**{**PLAIN, **base, **change}), compile_backend=args.compile_backend)
+    with exact_fp32(device):  # does the switch compute the same function? (TF32 would blur it on CUDA)
+        t0 = time.perf_counter()
+        fast.step()  # the first call pays for compilation / autotuning; reported, not timed below
+        sync(device)
+        first_s = time.perf_counter() - t0
         plain.step()
-        fast.step()
-    probe, _ = random_batch(64, 32, device, seed=1)
-    plain.model.eval()
-    fast.model.eval()
-    diff = rel_diff(plain.logits(probe), fast.logits(probe))
+        for _ in range(args.check_steps - 1):
+            plain.step()
+            fast.step()
+        probe, _ = random_batch(64, 32, device, seed=1)
+        plain.model.eval()
+        fast.model.eval()
+        diff = rel_diff(plain.logits(probe), fast.logits(probe))
     plain.model.train()
     fast.model.train()
     times = time_interleaved({"plain": plain.step, "fast": fast.step}, device, warmup=args.warmup,
@@ -107,6 +110,8 @@ def parse_args(argv=None):
     p.add_argument("--tolerance", type=float, default=None, help="default: 1e-4 (fp32), 2e-2 (bf16)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compile row (rehearsals: aot_eager, no code generation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(OUT))
     return p.parse_args(argv)
@@ -145,6 +150,7 @@ def main(argv=None) -> int:
                        "batch": args.batch, "width": args.width,
                        "dtype": "bf16 autocast" if bf16 else "float32", "steps": args.steps, **found,
                        "tolerance": row_tolerance, "matches": matches, "verdict": "on" if matches and faster else "off"})
+            table.write(Path(args.out))  # after every row: a run cut short keeps what it measured
     table.write(Path(args.out))
     print(table.markdown(["switch", "normalizer", "baseline", "plain_ms", "switched_ms", "speedup", "rel_diff", "matches",
                           "verdict"],

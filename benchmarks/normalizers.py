@@ -1,7 +1,7 @@
 """Free-AT replay throughput and memory of ResNet-18 per normalizer.
 
     python -m benchmarks.normalizers [--batches 128,512] [--width W] [--size 32]
-        [--steps N] [--warmup N] [--threads N] [--amp auto|off|bf16] [--only a,b]
+        [--steps N] [--warmup N] [--threads N] [--amp auto|off|bf16] [--only a,b] [--no-memory]
 
 One replay (``benchmarks/replay.py``) is one step of the project's ``free``
 training method: forward on x + delta, cross-entropy plus the normalizer's
@@ -25,6 +25,7 @@ high-water mark ``ru_maxrss`` when the replay raised it), and reports the
 peak minus the starting RSS. Both devices also report the bytes autograd
 saved for backward in the forward pass (distinct storages, through
 ``saved_tensors_hooks``), a device-independent count of activation memory.
+``--no-memory`` skips the peak (and so the CPU's subprocesses): rehearsals.
 
 Writes benchmarks/out/normalizers.csv, one row per normalizer and batch
 naming device, torch version, dtype, batch, width and the command.
@@ -143,6 +144,7 @@ def parse_args(argv=None):
                    help="train.amp: bf16 autocast (FFTs stay fp32); auto = the run default (speed.AMP_AUTO)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--only", default="", help="comma-separated normalizers (vanilla is always included)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
     p.add_argument("--out", default=str(OUT), help="CSV path")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory-batch", type=int, default=128, help=argparse.SUPPRESS)
@@ -181,7 +183,10 @@ def main(argv=None) -> int:
                                  warmup=args.warmup, repeats=args.steps)
         saved = {name: saved_for_backward_bytes(r) for name, r in replays.items()}
         switches = {name: r.switches.as_dict() for name, r in replays.items()}
-        if on_cuda:
+        if args.no_memory:
+            memory = {name: 0 for name in names}
+            mem_method = "not measured (--no-memory)"
+        elif on_cuda:
             memory = {name: cuda_memory(r) for name, r in replays.items()}
             mem_method = "cuda max_memory_allocated - memory_allocated before the replay"
         else:
@@ -199,12 +204,13 @@ def main(argv=None) -> int:
                 "max_ms": round(max(times[name]), 2),
                 "images_per_s": round(batch / (t / 1000.0), 1),
                 "time_vs_vanilla": round(t / base_t, 2),
-                "peak_mem_mb": round(memory[name] / 2 ** 20, 1),
+                "peak_mem_mb": "" if args.no_memory else round(memory[name] / 2 ** 20, 1),
                 "mem_vs_vanilla": round(memory[name] / base_m, 2) if base_m > 0 else "",
                 "saved_for_backward_mb": round(saved[name] / 2 ** 20, 1),
                 "mem_method": mem_method,
                 "switches": json.dumps(switches[name], sort_keys=True),
             })
+        table.write(Path(args.out))  # after every batch size: a run cut short keeps what it measured
     table.write(Path(args.out))
     print(table.markdown(
         ["normalizer", "batch", "images_per_s", "median_ms", "time_vs_vanilla", "peak_mem_mb", "mem_vs_vanilla",

@@ -10,6 +10,7 @@ included.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Callable, Dict, List, Optional
@@ -69,7 +70,7 @@ class FreeReplay:
 
     def __init__(self, normalizer: str, *, batch: int, width: float, device: torch.device, size: int = 32,
                  arch: str = "resnet18", amp: str = "auto", speed_cfg: Optional[SpeedConfig] = None,
-                 seed: int = 0, options: Optional[Dict] = None):
+                 seed: int = 0, options: Optional[Dict] = None, compile_backend: str = "inductor"):
         torch.manual_seed(seed)
         self.device = device
         self.normalizer = get_normalizer(normalizer, **(options or {}))
@@ -77,7 +78,10 @@ class FreeReplay:
                                  std=CIFAR_STD, batchnorm=False, width=width).to(device)
         self.model.train()
         self.switches = speed.resolve(speed_cfg or SpeedConfig(), device, normalizer)
-        forward = speed.prepare_model(self.model, self.switches, log=lambda *_: None)
+        autotuning = torch.backends.cudnn.benchmark
+        forward = speed.prepare_model(self.model, self.switches, log=lambda *_: None,
+                                      compile_backend=compile_backend)
+        torch.backends.cudnn.benchmark = autotuning  # process-global: each replay sets its own in step()
         self.cfg = TrainConfig(method="free", batch_size=batch, lr=0.01, replays=1, eps=8 / 255,
                                schedule="constant", amp=amp)
         self.optimizer = make_optimizer(self.model, self.cfg, self.switches.optimizer)
@@ -91,12 +95,45 @@ class FreeReplay:
 
     def step(self):
         """One replay; keeps the (device) loss sum so that callers may compare runs."""
-        self.last = self.method.train_batch(self.x, self.y)
+        with cudnn_autotuning(self.switches.cudnn_benchmark):
+            self.last = self.method.train_batch(self.x, self.y)
         return self.last
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self.method.autocast():
+        with torch.no_grad(), self.method.autocast(), cudnn_autotuning(self.switches.cudnn_benchmark):
             return self.method.forward(x).float()
+
+
+@contextlib.contextmanager
+def cudnn_autotuning(enabled: bool):
+    """``torch.backends.cudnn.benchmark`` for the calls inside only. The flag is
+    process-global and ``speed.prepare_model`` sets it for good, which is right
+    for a run (one model per process) but would give the plain path of a
+    comparison the autotuning of the switched one built beside it."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device):
+    """True fp32 for the calls inside. On CUDA, PyTorch runs fp32 convolutions
+    in TF32 by default (``cudnn.allow_tf32``): two conv algorithms then differ
+    by TF32's rounding (about 1e-3), which would hide whether a switch computes
+    the same function as the plain path. Comparisons run in here; timings run
+    with PyTorch's defaults, as a training run does. No-op on a CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def sync(device: torch.device) -> None:

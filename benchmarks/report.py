@@ -12,13 +12,14 @@ hand-written prose and is left alone.
 from __future__ import annotations
 
 import csv
-import os
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from benchmarks.common import markdown_table
+from robustbench_convnorm import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -40,6 +41,9 @@ SECTIONS = {
                    "matches", "verdict", "error"]),
     "attacks": ("Attacks", ["measure", "arch", "width", "median", "unit", "min", "max", "images", "batch",
                             "iters_cap", "seconds_at_target_size", "note"]),
+    "table8": ("[CN] Table 8: one epoch of natural training against the paper (RTX 8000)",
+               ["normalizer", "arch", "width", "batch", "train_images", "dtype", "seconds_per_epoch",
+                "ratio_to_vanilla", "paper_seconds", "paper_ratio", "images_per_s"]),
     "lipschitz_models": ("Lipschitz diagnostics per model",
                          ["normalizer", "arch", "width", "layers", "seconds", "lip_product_log10"]),
     "lipschitz": ("Lipschitz diagnostics per conv layer",
@@ -47,8 +51,8 @@ SECTIONS = {
 }
 
 
-def read_rows(device: str, name: str) -> List[Dict[str, str]]:
-    path = RESULTS / device / f"{name}.csv"
+def read_rows(device: str, name: str, results: Optional[Path] = None) -> List[Dict[str, str]]:
+    path = (results or RESULTS) / device / f"{name}.csv"
     if not path.exists():
         return []
     with open(path, newline="") as f:
@@ -69,16 +73,19 @@ class Target:
     measure: Callable[[], Optional[tuple]]   # -> (value, shown text, where) or None
 
 
-def _replay(device: str, normalizer: str, batch: int, column: str, name: str = "normalizers"):
-    rows = read_rows(device, name)
+def _replay(device: str, normalizer: str, batch: int, column: str, name: str = "normalizers",
+            results: Optional[Path] = None):
+    rows = read_rows(device, name, results)
     row = _find(rows, normalizer=normalizer, batch=batch)
     if row is None:
         return None
     return float(row[column]), row
 
 
-def targets() -> List[tuple]:
-    """(target, limit test, measured text) rows for the targets table."""
+def targets(results: Optional[Path] = None, cpu: bool = True) -> List[tuple]:
+    """(target, limit test, measured text) rows for the targets table, from
+    ``results`` (default: benchmarks/results); ``cpu=False`` leaves out the
+    CPU targets (a GPU check's summary)."""
     out = []
 
     def add(text, found, ok, shown):
@@ -91,21 +98,26 @@ def targets() -> List[tuple]:
         out.append((text, f"{verdict}: {shown(value)}", where))
 
     add("GPU, ResNet-18, batch 512: vanilla free-AT replay >= 20,000 images/s",
-        _replay("cuda", "vanilla", 512, "images_per_s"), lambda v: v >= 20000, lambda v: f"{v:,.0f} images/s")
+        _replay("cuda", "vanilla", 512, "images_per_s", results=results), lambda v: v >= 20000,
+        lambda v: f"{v:,.0f} images/s")
     add("GPU, batch 512: ConvNorm <= 1.4x vanilla's step time",
-        _replay("cuda", "convnorm", 512, "time_vs_vanilla"), lambda v: v <= 1.4, lambda v: f"{v:.2f}x")
+        _replay("cuda", "convnorm", 512, "time_vs_vanilla", results=results), lambda v: v <= 1.4,
+        lambda v: f"{v:.2f}x")
     add("GPU, batch 512: Cayley <= 3x vanilla's step time",
-        _replay("cuda", "cayley", 512, "time_vs_vanilla"), lambda v: v <= 3.0, lambda v: f"{v:.2f}x")
-    pgd = _find(read_rows("cuda", "attacks"), measure="PGD-20")
+        _replay("cuda", "cayley", 512, "time_vs_vanilla", results=results), lambda v: v <= 3.0,
+        lambda v: f"{v:.2f}x")
+    pgd = _find(read_rows("cuda", "attacks", results), measure="PGD-20")
     add("GPU: PGD-20 over the 10,000 test images <= 15 s (vanilla)",
         None if pgd is None else (float(pgd["seconds_at_target_size"]), pgd), lambda v: v <= 15,
-        lambda v: f"{v:.1f} s (extrapolated from {pgd['images']} images)")
-    simba = _find(read_rows("cuda", "attacks"), measure="SimBA batched")
+        lambda v: f"{v:.1f} s" + ("" if int(pgd["images"]) >= 10000 else f" (extrapolated from {pgd['images']} images)"))
+    simba = _find(read_rows("cuda", "attacks", results), measure="SimBA batched")
     add("GPU: SimBA on 1000 images x 3072 iterations <= 2 min",
         None if simba is None else (float(simba["seconds_at_target_size"]), simba), lambda v: v <= 120,
         lambda v: f"{v:.0f} s (upper bound, extrapolated from {simba['images']} images x {simba['iters_cap']})")
+    if not cpu:
+        return out
     for name, label in (("normalizers", "benchmark CPU width"), ("normalizers_full_width", "full width 1.0")):
-        found = _replay("cpu", "convnorm", 128, "time_vs_vanilla", name)
+        found = _replay("cpu", "convnorm", 128, "time_vs_vanilla", name, results)
         add(f"this CPU: ConvNorm <= 2x vanilla's step time ({label}, batch 128)", found, lambda v: v <= 2.0,
             lambda v: f"{v:.2f}x")
     return out
@@ -121,7 +133,9 @@ def render() -> str:
     devices = [d for d in ("cuda", "cpu") if (RESULTS / d).is_dir()]
     if "cuda" not in devices:
         parts.append("No CUDA results are recorded (`benchmarks/results/cuda/` is empty): no GPU was lent to "
-                     "the sessions that measured these. On a GPU machine, `python -m benchmarks.run` fills them.\n")
+                     "the sessions that measured these. On a GPU machine, `python -m benchmarks.gpu_check` "
+                     "measures them in one call and `python -m benchmarks.run --from-gpu-check DIR` records "
+                     "them (see \"The GPU check\" above).\n")
     for device in devices:
         parts.append(f"## Measured on {device.upper()}\n")
         for name, (title, columns) in SECTIONS.items():
@@ -144,10 +158,32 @@ def update_doc(doc: Path = DOC) -> Path:
         text = head + block.rstrip("\n") + tail
     else:
         text = text.rstrip("\n") + "\n\n" + block
-    tmp = doc.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, doc)
+    atomic.write_text(doc, text)
     return doc
+
+
+#: a benchmarks.gpu_check result file -> the record it becomes under results/cuda/
+GPU_CHECK_RECORDS = {"replay.csv": "normalizers.csv", "fast_path.csv": "fast_path.csv",
+                     "attacks.csv": "attacks.csv", "table8.csv": "table8.csv"}
+
+
+def record_gpu_check(folder: Path, results: Optional[Path] = None) -> List[Path]:
+    """Copy the measurements of a ``benchmarks.gpu_check`` folder that ran on a
+    GPU into ``benchmarks/results/cuda/`` (a file the check did not write
+    leaves the recorded one alone). A rehearsal, or a check that found no
+    GPU, is refused: its numbers are not CUDA numbers."""
+    folder = Path(folder)
+    check = json.loads((folder / "check.json").read_text())
+    if check.get("mode") != "gpu" or not check.get("environment", {}).get("cuda_available"):
+        raise ValueError(f"{folder} is not a GPU check (mode {check.get('mode')!r}, CUDA available "
+                         f"{check.get('environment', {}).get('cuda_available')}): nothing recorded")
+    target = (results or RESULTS) / "cuda"
+    written = []
+    for name, record in GPU_CHECK_RECORDS.items():
+        source = folder / name
+        if source.exists() and source.stat().st_size:
+            written.append(atomic.write_bytes(target / record, source.read_bytes()))
+    return written
 
 
 def main(argv=None) -> int:

@@ -14,10 +14,13 @@ Plans (sizes chosen so that a CPU run takes minutes, not hours):
   attacks; the Lipschitz diagnostics per layer and per model. One intra-op
   thread unless ``--threads`` says otherwise (see docs/benchmarks.md: two
   threads on a busy two-core machine measure the waiting, not the work).
-* CUDA: the same at width 1.0, batch 128 and 512 (the run defaults: fp32
-  until bf16 autocast is measured faster there), the fast-path switches
-  (bf16 among them) at batch 512. Each command of a lent GPU machine may be
-  limited in time: split the plan with ``--only``.
+* CUDA: the same at width 1.0, batch 128 and 512 (the run defaults: fp32,
+  PyTorch's, until bf16 autocast is measured faster there), the fast-path
+  switches (bf16 among them) at batch 128, the configs' batch size, and [CN]
+  Table 8 (one epoch of natural training per normalizer on the CIFAR-10 JPEG
+  copy). Each command of a lent GPU machine is limited in time:
+  ``python -m benchmarks.gpu_check`` runs a short version of this plan in one
+  call, and ``--from-gpu-check DIR`` records what it measured.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from benchmarks.replay import pick_device
-from benchmarks.report import RESULTS, update_doc
+from benchmarks.report import RESULTS, record_gpu_check, update_doc
 
 #: record name -> (module, arguments), per device type
 PLANS: Dict[str, List[Tuple[str, str, List[str]]]] = {
@@ -45,10 +48,11 @@ PLANS: Dict[str, List[Tuple[str, str, List[str]]]] = {
     ],
     "cuda": [
         ("normalizers", "normalizers", ["--batches", "128,512", "--width", "1.0"]),
-        ("fast_path", "fast_path", ["--batch", "512", "--width", "1.0"]),
-        ("attacks", "attacks", ["--batch", "1000", "--images", "1000", "--iters", "500"]),
+        ("fast_path", "fast_path", ["--batch", "128", "--width", "1.0"]),
+        ("attacks", "attacks", ["--batch", "1000", "--images", "1000", "--pgd-images", "10000", "--iters", "500"]),
         ("lipschitz_models", "lipschitz_models", []),
         ("lipschitz", "lipschitz", []),
+        ("table8", "table8", []),
     ],
 }
 
@@ -60,7 +64,21 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default 1 on CPU)")
     p.add_argument("--no-record", action="store_true",
                    help="write CSVs to benchmarks/out/ only; leave benchmarks/results and the docs alone")
+    p.add_argument("--from-gpu-check", metavar="DIR", default=None,
+                   help="measure nothing: record a benchmarks.gpu_check folder under benchmarks/results/cuda/ "
+                        "and regenerate docs/benchmarks.md")
     args = p.parse_args(argv)
+    if args.from_gpu_check:
+        try:
+            recorded = record_gpu_check(Path(args.from_gpu_check))
+        except (OSError, ValueError) as err:
+            print(f"nothing recorded: {err}", file=sys.stderr)
+            return 2
+        for path in recorded:
+            print(f"recorded {path}")
+        print(f"updated {update_doc()}")
+        print(f"verdicts for speed.py: python -m benchmarks.verdicts {args.from_gpu_check}")
+        return 0
     device = pick_device(args.device)
     plan = PLANS["cuda" if device.type == "cuda" else "cpu"]
     names = [name for name, _, _ in plan]

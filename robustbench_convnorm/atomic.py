@@ -70,10 +70,15 @@ def writes_enabled() -> bool:
     return _WRITES_ENABLED
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool = True) -> Path:
+def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool = True,
+                 before_replace: Optional[Callable[[Path], None]] = None) -> Path:
     """Call ``write(tmp)`` to fill a unique temporary file, then rename it over
     ``path``. On any error (Ctrl-C included) the temporary file is removed and
-    ``path`` is left as it was. With writes switched off, nothing is written."""
+    ``path`` is left as it was. ``before_replace(tmp)`` runs once the
+    temporary file is complete and on disk, just before the rename: it may
+    check it, or move the old ``path`` aside (checkpoints keep the previous
+    one); if it raises, nothing is renamed. With writes switched off
+    (set_writes_enabled), nothing is written and ``before_replace`` does not run."""
     path = Path(path)
     if not _WRITES_ENABLED:
         return path
@@ -84,6 +89,8 @@ def atomic_write(path: PathLike, write: Callable[[Path], None], *, fsync: bool =
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -2,7 +2,11 @@
 
 Every problem (unknown key, wrong type, value out of range) stops before any
 work with one ``ConfigError`` naming the file, the key path and what is
-allowed. Numbers may be written as fractions (``eps: 8/255``).
+allowed. Numbers may be written as fractions (``eps: 8/255``) or with an
+exponent (``lr: 1e-3``, which PyYAML alone reads as a string); every number
+of a config, ``--set`` values and free-form option blocks included, is read
+by :func:`parse_number`. Radii and steps live in pixel space, where inputs
+are in [0, 1]: outside (0, 1] they are refused, from 0.5 on they warn.
 """
 from __future__ import annotations
 
@@ -11,19 +15,31 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from . import identity
+from .numbers import NAME_KEYS, NumberError, parse_number, parse_numbers  # noqa: F401  (parse_numbers: API)
 from .registry import closest
 
 
 class ConfigError(ValueError):
     """A config problem; the message names the file, the key and the fix."""
+
+
+class ConfigWarning(UserWarning):
+    """A value that is allowed but probably not meant (eps >= 0.5)."""
+
+
+#: seeds go to torch's 64-bit generators and the tables' int64 columns
+MAX_SEED = 2 ** 63 - 1
 
 
 def _opt(default=dataclasses.MISSING, *, choices=None, min=None, max=None, min_exclusive=False,
@@ -102,8 +118,8 @@ class TrainConfig:
 class EvalConfig:
     n_examples: Optional[int] = _opt(None, min=1, doc="test examples to evaluate (null: all)")
     batch_size: int = _opt(256, min=1)
-    seed: int = _opt(0, doc="fixes which examples are evaluated and the attacks' randomness")
-    checks: bool = _opt(True, doc="run the sanity checks of EVALUATION.md")
+    seed: int = _opt(0, min=0, max=MAX_SEED, doc="fixes which examples are evaluated and the attacks' randomness")
+    checks: bool = _opt(True, doc="run the sanity checks (docs/evaluators.md) that produce flags")
     lipschitz: bool = _opt(True, doc="record per-layer spectral norms and bounds")
     evaluators: List[Dict[str, Any]] = _opt(factory=lambda: [{"type": "clean"}],
                                             doc="list of {type: ..., options...}")
@@ -141,31 +157,27 @@ class Config:
     grid: Dict[str, List[Any]] = _opt(factory=dict,
                                       doc="extra grid axes: {dotted.key: [values]}")
     name: Optional[str] = _opt(None, doc="experiment name (for humans)")
+    threads: Optional[int] = _opt(None, min=1, doc="torch CPU threads, set at each run's start (null: "
+                                                   "torch's default); CPU results' last digits depend on it")
     launcher: Dict[str, Any] = _opt(factory=dict,
                                     doc="how the grid is launched (SLURM, local workers, DDP; launch/options.py)")
 
 
 # ---------------------------------------------------------------- parsing
 
-_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*/\s*(\d+(?:\.\d*)?)\s*$", re.I)
-
-
-def parse_number(value):
-    """'8/255' -> 0.0313..., other values unchanged."""
-    if isinstance(value, str):
-        m = _FRACTION.match(value)
-        if m:
-            return float(m.group(1)) / float(m.group(2))
-    return value
-
-
-def parse_numbers(value):
-    """parse_number applied through dicts and lists (free-form option blocks)."""
+def _finite_block(value, path: str, ctx: "_Ctx"):
+    """parse_numbers with the key path in errors; NaN and infinity are refused."""
     if isinstance(value, dict):
-        return {k: parse_numbers(v) for k, v in value.items()}
+        return {k: v if k in NAME_KEYS else _finite_block(v, f"{path}.{k}", ctx) for k, v in value.items()}
     if isinstance(value, list):
-        return [parse_numbers(v) for v in value]
-    return parse_number(value)
+        return [_finite_block(v, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
+    try:
+        value = parse_number(value)
+    except NumberError as err:
+        raise ctx.fail(path, str(err)) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ctx.fail(path, f"{value} is not a finite number")
+    return value
 
 
 class _Ctx:
@@ -206,28 +218,33 @@ def _convert(value, tp, path: str, ctx: _Ctx):
     if origin in (list, List):
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            if item_tp in (int, float) and isinstance(parse_number(value), (int, float)) \
-                    and not isinstance(value, bool):
-                value = [value]  # `seeds: 0` means [0]
+            if item_tp in (int, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                value = [value]  # `seeds: 0` means [0]; the item's own check names a bad value
             else:
                 raise ctx.fail(path, f"expected {_type_name(tp)}, got {value!r}")
         return [_convert(v, item_tp, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise ctx.fail(path, f"expected a mapping, got {value!r}")
-        return parse_numbers(dict(value))
+        return _finite_block(dict(value), path, ctx)
     if tp is bool:
         if not isinstance(value, bool):
             raise ctx.fail(path, f"expected true or false, got {value!r}")
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ctx.fail(path, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        value = parse_number(value)
+    if tp in (int, float):
+        try:
+            value = parse_number(value)
+        except NumberError as err:
+            raise ctx.fail(path, str(err)) from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ctx.fail(path, f"expected a number (or a fraction like 8/255), got {value!r}")
+            wanted = "an integer" if tp is int else "a number (or a fraction like 8/255)"
+            raise ctx.fail(path, f"expected {wanted}, got {value!r}")
+        if not math.isfinite(value):
+            raise ctx.fail(path, f"{value} is not a finite number")
+        if tp is int:
+            if value != int(value):
+                raise ctx.fail(path, f"expected an integer, got {value!r}")
+            return int(value)  # 1e6 reads as a float
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -290,6 +307,35 @@ def _check_lists(cfg: Config, ctx: _Ctx) -> None:
             raise ctx.fail(f"eval.evaluators[{i}]", "each evaluator needs a `type`, e.g. {type: pgd, steps: 10}")
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ctx.fail("train.milestones", f"must be increasing, got {cfg.train.milestones}")
+    for i, seed in enumerate(cfg.seeds):
+        if not 0 <= seed <= MAX_SEED:
+            raise ctx.fail(f"seeds[{i}]", f"{seed} does not fit a 64-bit seed; use 0 to 2**63-1")
+
+
+#: options that are a radius or a step in pixel space (inputs are in [0, 1]),
+#: in train and in every evaluator's block
+PIXEL_OPTIONS = ("eps", "step", "alpha", "linf_bound")
+
+
+def _check_pixel(value, path: str, ctx: _Ctx) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # not a number: the evaluator's own check names it
+    if not 0 < value <= 1:
+        hint = f"; did you mean {value:g}/255?" if 1 < value <= 255 else ""
+        raise ctx.fail(path, f"{value:g} is outside (0, 1]: inputs are in [0, 1], so a radius or step must be "
+                             f"> 0 and <= 1{hint}")
+    if value >= 0.5:
+        warnings.warn(f"{ctx.source}: {path}: {value:g} is half the pixel range or more (inputs are in [0, 1]); "
+                      f"did you mean a fraction of 255 such as 8/255?", ConfigWarning, stacklevel=2)
+
+
+def _check_radii(cfg: Config, ctx: _Ctx) -> None:
+    _check_pixel(cfg.train.eps, "train.eps", ctx)
+    _check_pixel(cfg.train.step, "train.step", ctx)
+    for i, ev in enumerate(cfg.eval.evaluators):
+        for key in PIXEL_OPTIONS:
+            if key in ev:
+                _check_pixel(ev[key], f"eval.evaluators[{i}].{key}", ctx)
 
 
 def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:
@@ -300,6 +346,7 @@ def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:
         raise ctx.fail("", "the config must be a YAML mapping of sections")
     cfg = _build(Config, raw, "", ctx)
     _check_lists(cfg, ctx)
+    _check_radii(cfg, ctx)
     return cfg
 
 
@@ -346,14 +393,31 @@ def parse_set(expr: str) -> Tuple[str, Any]:
 
 
 def load_raw(path) -> Dict[str, Any]:
+    """The YAML mapping of a config file; anything else is one ConfigError."""
     path = Path(path)
+    example = "give a YAML config file such as configs/quickstart.yaml"
     if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such config file; {example}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file; {example}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err}); {example}") from None
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (binary data); {example}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}")
-    return raw if raw is not None else {}
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty (or only comments), so it would run the default config; write the "
+                          f"sections you mean (start from configs/quickstart.yaml)")
+    return raw
 
 
 def load_config(path, overrides: Sequence[str] = ()) -> Config:
@@ -387,23 +451,14 @@ class RunSpec:
         return Path(self.config.output_dir) / "runs" / self.run_id
 
 
-#: Sections that do not change what is trained: a run keeps its id (and its
-#: checkpoint) when only these change, so it can be re-evaluated.
-_NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "launcher")
-
-
 def run_identity(cfg: Config) -> Dict[str, Any]:
-    d = to_dict(cfg)
-    for key in _NOT_IN_RUN_ID:
-        d.pop(key, None)
-    d["train"].pop("stop_after_epochs", None)
-    d["train"].pop("checkpoint_every", None)
-    return d
+    """What the run id hashes; identity.py says what is left out and why."""
+    return identity.run_identity(to_dict(cfg))
 
 
 def make_run_id(cfg: Config) -> str:
     entry = cfg.normalizers[0]
-    digest = hashlib.sha256(json.dumps(run_identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = identity.digest(run_identity(cfg))
     label = re.sub(r"[^A-Za-z0-9_.]+", "_", entry.label or entry.name)
     bn = "-bn" if cfg.batchnorm else ""
     return f"{cfg.data.source}-{cfg.model.arch}-{label}{bn}-{cfg.train.method}-s{cfg.seeds[0]}-{digest}"

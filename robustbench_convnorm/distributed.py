@@ -26,6 +26,7 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from . import atomic
 
 __all__ = ["Context", "setup", "teardown", "current", "is_writer", "world_size", "requested", "acquire_lock",
-           "agree", "wrap_model", "shard_batches", "sum_over_ranks", "sync_model", "all_gather_object",
+           "agree", "load_latest", "wrap_model", "shard_batches", "sum_over_ranks", "sync_model", "all_gather_object",
            "evaluate_kwargs", "record_fields", "split_bounds"]
 
 
@@ -179,6 +180,23 @@ def acquire_lock(run_dir, owner: Optional[str] = None):
     if holder is not None:
         raise RunLocked(run_dir, holder)
     return lock if _CTX.rank == 0 else FollowerLock()
+
+
+def load_latest(path, map_location="cpu", log=print):
+    """checkpoints.load_latest on rank 0, which may set damaged files aside;
+    the other ranks then load the very file it chose (or none)."""
+    from .checkpoints import load_checkpoint, load_latest as pick
+
+    if _CTX is None:
+        return pick(path, map_location=map_location, log=log)
+    if _CTX.rank == 0:
+        ckpt, used, notes = pick(path, map_location=map_location, log=log)
+        agree(None if ckpt is None else (str(used), notes))
+        return ckpt, used, notes
+    choice = agree(None)
+    if choice is None:
+        return None, None, []
+    return load_checkpoint(choice[0], map_location=map_location), Path(choice[0]), choice[1]
 
 
 # ---------------------------------------------------------------- training

@@ -37,8 +37,8 @@ from typing import Any, Dict, Iterator, Optional
 
 from .atomic import pid_alive
 
-__all__ = ["run_lock", "RunLock", "RunLocked", "LockLost", "read_lock", "lock_is_stale", "LOCK_FILE",
-           "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
+__all__ = ["run_lock", "RunLock", "RunLocked", "LockLost", "read_lock", "lock_is_stale", "worker_identity",
+           "LOCK_FILE", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
 
 LOCK_FILE = ".lock"
 TAKEOVER_FILE = ".lock.takeover"
@@ -87,6 +87,11 @@ def _job_id() -> Optional[str]:
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     return env.get("SLURM_JOB_ID")
+
+
+def worker_identity(owner: Optional[str] = None) -> Dict[str, Any]:
+    """Who this process is, as the lock file and the run's record name it."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": _job_id(), "owner": owner}
 
 
 def _job_restart() -> int:
@@ -219,9 +224,8 @@ def _create(run_dir: Path, owner: Optional[str]) -> Optional[str]:
     """Create the lock file exclusively; its token, or None if it exists."""
     token = secrets.token_hex(8)
     now = _now()
-    content = {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
-               "job_id": _job_id(), "job_restart": _job_restart(), "owner": owner, "started": _iso(now),
-               "heartbeat_unix": now, "token": token}
+    content = {**worker_identity(owner), "job_restart": _job_restart(), "proc_start": _proc_start(os.getpid()),
+               "started": _iso(now), "heartbeat_unix": now, "token": token}
     try:
         fd = os.open(run_dir / LOCK_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

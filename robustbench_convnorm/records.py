@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -52,6 +53,35 @@ def git_sha() -> Optional[str]:
     return (sha + ("-dirty" if dirty else "")) if sha else None
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device) -> Dict[str, Any]:
+    """What changes the last digits of a run besides its config: threads,
+    determinism and cuDNN flags, and the device (README numbers are exact
+    only with the same block)."""
+    import torch
+
+    device = torch.device(device)
+    cudnn = torch.backends.cudnn
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn": {"available": cudnn.is_available(), "enabled": cudnn.enabled, "benchmark": cudnn.benchmark,
+                  "deterministic": cudnn.deterministic, "allow_tf32": cudnn.allow_tf32},
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+    }
+
+
 def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
     from .config import to_dict
     from .distributed import record_fields
@@ -87,5 +117,8 @@ def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
         "device": device,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data_note": data_note,
-        **record_fields(),  # world_size (and the DDP settings under torchrun)
+        "worker": None,             # host, pid, job id of the process that wrote this record
+        "environment": None,        # records.environment(): threads, determinism flags, device name
+        "checkpoint_notes": [],     # checkpoints set aside (failed checksum) or fallen back from
+        **record_fields(),          # world_size (and the DDP settings under torchrun)
     }

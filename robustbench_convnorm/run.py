@@ -14,24 +14,29 @@ the grid: docs/scaling.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
 from . import atomic, distributed, launch, speed
-from .config import ConfigError, RunSpec, expand_grid, load_config, to_dict
-from .lock import LOCK_FILE, LockLost, RunLocked, acquire, read_lock
+from .config import ConfigError, ConfigWarning, RunSpec, expand_grid, load_config, to_dict
+from .checkpoints import CheckpointError
+from .lock import LOCK_FILE, LockLost, RunLocked, acquire, read_lock, worker_identity
 from .data import DataError, list_sources, load_full, prepare_data
 from .launch import merge
 from .models import list_models
 from .normalizers import list_normalizers
-from .records import RECORD, new_record, read_record, write_json_atomic
+from .records import RECORD, environment, new_record, read_record, write_json_atomic
 from .registry import RegistryError
 
 PER_EXAMPLE = "per_example.csv"
@@ -57,7 +62,6 @@ def _registries() -> Dict[str, List[str]]:
 
 def preflight(specs: List[RunSpec], source: str) -> None:
     """Check every name and option the grid uses before any work starts."""
-    import attacks
     from .builders import build_run_model
     from .data import SOURCES
     from .models import MODELS
@@ -75,11 +79,30 @@ def preflight(specs: List[RunSpec], source: str) -> None:
                 build_run_model(cfg, meta)
             check_options("data source", cfg.data.source, SOURCES.get(cfg.data.source), cfg.data.options)
             MODELS.get(cfg.model.arch)
-            for ev in cfg.eval.evaluators:
-                opts = {k: v for k, v in ev.items() if k != "type"}
-                attacks.get_evaluator(ev["type"], **opts)
+            _check_evaluators(cfg.eval.evaluators)
         except (RegistryError, TypeError, ValueError) as err:
             raise ConfigError(f"{source}: run {spec.run_id}: {err}") from None
+
+
+def _check_evaluators(evaluators) -> None:
+    """Each evaluator builds from its options, and no two share a result name
+    (their columns and metrics would collide after training)."""
+    import attacks
+
+    named: Dict[str, int] = {}
+    kinds = set()
+    for i, ev in enumerate(evaluators):
+        opts = {k: v for k, v in ev.items() if k != "type"}
+        built = attacks.get_evaluator(ev["type"], **opts)
+        if built.name in named:
+            raise ConfigError(f"eval.evaluators[{named[built.name]}] and eval.evaluators[{i}] both give results "
+                              f"named {built.name!r}; give one of them another `name:`, or list it once")
+        named[built.name] = i
+        kinds.add(built.kind)
+    clean = attacks.get_evaluator("clean").name
+    if "clean" not in kinds and clean in named:  # the protocol adds a clean evaluator of that name
+        raise ConfigError(f"eval.evaluators[{named[clean]}] is named {clean!r}, the name of the clean "
+                          f"evaluator the protocol adds; rename it")
 
 
 class DataCache:
@@ -113,7 +136,7 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
             log(f"  {lock.took_over}")
         atomic.remove_orphan_temps(run_dir)
         return _execute_locked(spec, device, data_cache, lock, force=force, resume=resume,
-                               eval_only=eval_only, log=log)
+                               eval_only=eval_only, log=log, owner=owner)
     except LockLost as err:  # taken over while this worker stalled: the new holder writes
         log(f"[stopped] {err}")
         return {"run_id": spec.run_id, "status": LOCKED, "holder": read_lock(run_dir)}
@@ -121,60 +144,82 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
         lock.release()
 
 
-def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, eval_only, log) -> Dict:
+#: errors whose message says everything (no class name, no traceback in the record)
+_PLAIN_ERRORS = (DataError, ConfigError, RegistryError, CheckpointError)
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
+def apply_threads(cfg) -> None:
+    """``threads`` of the config (null: torch's default for this process);
+    the thread count changes the last digits of CPU results."""
+    torch.set_num_threads(cfg.threads if cfg.threads is not None else _DEFAULT_THREADS)
+
+
+def _failure(err: BaseException) -> Dict:
+    if isinstance(err, _PLAIN_ERRORS):
+        return {"epoch": None, "reason": str(err)}
+    return {"epoch": None, "reason": f"{err.__class__.__name__}: {err}", "traceback": traceback.format_exc(limit=8)}
+
+
+def _prepare_model(spec: RunSpec, device, data_cache, record, log):
+    """The run's data and model (on the device, fast path applied), noted in the record."""
     from .builders import build_run_model, model_meta
-    from .checkpoints import load_checkpoint
-    from .training import CHECKPOINT, train_run
+
+    torch.manual_seed(spec.seed)
+    data = data_cache.get(spec.config.data, spec.seed)
+    record["data_note"] = data.note
+    meta = model_meta(data)
+    model = build_run_model(spec.config, meta).to(device)
+    record["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    switches = speed.resolve(spec.config.speed, device, spec.normalizer.name)
+    forward = speed.prepare_model(model, switches, log)
+    record["speed"] = switches.as_dict()
+    record["environment"] = environment(device)
+    return data, meta, model, forward, switches
+
+
+def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, eval_only, log,
+                    owner=None) -> Dict:
+    from .training import train_run
 
     run_dir = spec.run_dir
     old = read_record(run_dir)
     if old and old.get("status") == "finished" and not force and not eval_only:
         log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
         return old
-    if force and not eval_only and atomic.writes_enabled():  # (DDP: rank 0 alone)
+    apply_threads(spec.config)
+    record = new_record(spec, str(device))
+    record["worker"] = worker_identity(owner)
+    if eval_only:
+        return _evaluate_only(spec, device, data_cache, lock, record, old, log)
+    if force and atomic.writes_enabled():  # (DDP: rank 0 alone)
         # everything but the lock this worker holds
         for path in run_dir.iterdir():
             if path.name != LOCK_FILE:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-    record = new_record(spec, str(device))
-    if eval_only and old:
-        record["timings"], record["params"] = old.get("timings", {}), old.get("params")
     write_json_atomic(record, run_dir / RECORD)
 
     def finish(status, error=None):
         lock.ensure_held()  # never overwrite the record of a worker that took the run over
         record["status"], record["error"] = status, error
+        if status == "failed":
+            log(f"[failed] {spec.run_id}: {error['reason']}")
         write_json_atomic(record, run_dir / RECORD)
         return record
 
     try:
-        torch.manual_seed(spec.seed)
-        data = data_cache.get(spec.config.data, spec.seed)
-        record["data_note"] = data.note
-        meta = model_meta(data)
-        model = build_run_model(spec.config, meta).to(device)
-        record["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        switches = speed.resolve(spec.config.speed, device, spec.normalizer.name)
-        forward = speed.prepare_model(model, switches, log)
-        record["speed"] = switches.as_dict()
-        if eval_only:
-            ckpt_path = run_dir / CHECKPOINT
-            ckpt = load_checkpoint(ckpt_path, map_location=device) if ckpt_path.exists() else None
-            if ckpt is None or not ckpt.get("finished"):
-                return finish("failed", {"epoch": None, "reason": f"--eval-only needs a finished checkpoint at "
-                                                                  f"{ckpt_path}; train the run first"})
-            model.load_state_dict(ckpt["model"])
-        else:
-            result = train_run(spec, model, data, meta, device, run_dir, resume=resume, log=log,
-                               forward=forward, optimizer_impl=switches.optimizer)
-            record["timings"] = {"train_seconds": result.train_seconds,
-                                 "train_seconds_per_epoch": result.seconds_per_epoch,
-                                 "epochs_done": result.epochs_done}
-            if result.status == "interrupted":  # Ctrl-C: record it, then stop the whole grid
-                finish(result.status, result.error)
-                raise KeyboardInterrupt
-            if result.status != "finished":
-                return finish(result.status, result.error)
+        data, meta, model, forward, switches = _prepare_model(spec, device, data_cache, record, log)
+        result = train_run(spec, model, data, meta, device, run_dir, resume=resume, log=log,
+                           forward=forward, optimizer_impl=switches.optimizer, guard=lock.ensure_held)
+        record["timings"] = {"train_seconds": result.train_seconds,
+                             "train_seconds_per_epoch": result.seconds_per_epoch,
+                             "epochs_done": result.epochs_done}
+        record["checkpoint_notes"] = result.notes
+        if result.status == "interrupted":  # Ctrl-C: record it, then stop the whole grid
+            finish(result.status, result.error)
+            raise KeyboardInterrupt
+        if result.status != "finished":
+            return finish(result.status, result.error)
         per_example = evaluate_into(record, model, data, spec, device, log, run_dir)
         lock.ensure_held()
         atomic.write_csv(run_dir / PER_EXAMPLE, per_example)
@@ -183,13 +228,58 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
         if record["status"] != "interrupted":
             finish("interrupted", {"epoch": None, "reason": "interrupted (Ctrl-C)"})
         raise
-    except (DataError, ConfigError, RegistryError) as err:
-        log(f"[failed] {spec.run_id}: {err}")
-        return finish("failed", {"epoch": None, "reason": str(err)})
+    except LockLost:
+        raise
     except Exception as err:  # a failed run is recorded, and the grid goes on
-        log(f"[failed] {spec.run_id}: {err.__class__.__name__}: {err}")
-        return finish("failed", {"epoch": None, "reason": f"{err.__class__.__name__}: {err}",
-                                 "traceback": traceback.format_exc(limit=8)})
+        return finish("failed", _failure(err))
+
+
+def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) -> Dict:
+    """--eval-only: evaluate the finished checkpoint into a new record held in
+    memory; record.json and per_example.csv are replaced only once it is
+    complete. On failure or Ctrl-C the record on disk stays as it was (a
+    failed record is written only where there was none)."""
+    from .checkpoints import check_run_config
+    from .training import CHECKPOINT
+
+    run_dir = spec.run_dir
+    if old:
+        record["timings"], record["params"] = dict(old.get("timings") or {}), old.get("params")
+
+    def give_up(status, error):
+        record["status"], record["error"] = status, error
+        kept = f"; its record ({old.get('status')}) is unchanged" if old else ""
+        log(f"[{status}] {spec.run_id}: --eval-only: {error['reason']}{kept}")
+        if old:
+            return {"run_id": spec.run_id, "status": status, "error": error, "record_kept": True}
+        lock.ensure_held()
+        write_json_atomic(record, run_dir / RECORD)
+        return record
+
+    try:
+        data, meta, model, forward, switches = _prepare_model(spec, device, data_cache, record, log)
+        ckpt_path = run_dir / CHECKPOINT
+        ckpt, used, record["checkpoint_notes"] = distributed.load_latest(ckpt_path, map_location=device, log=log)
+        if ckpt is None or not ckpt.get("finished"):
+            have = (f"its newest good checkpoint ({used.name}) is of epoch {ckpt['epoch']}, not finished"
+                    if ckpt is not None else f"there is no good checkpoint at {ckpt_path}")
+            return give_up("failed", {"epoch": None, "reason": f"{have}; --eval-only evaluates trained runs: "
+                                                               f"train the run first (without --eval-only)"})
+        check_run_config(ckpt, spec.config, used)
+        model.load_state_dict(ckpt["model"])
+        per_example = evaluate_into(record, model, data, spec, device, log, run_dir)
+        lock.ensure_held()
+        atomic.write_csv(run_dir / PER_EXAMPLE, per_example)
+        record["status"] = "finished"
+        write_json_atomic(record, run_dir / RECORD)
+        return record
+    except KeyboardInterrupt:
+        give_up("interrupted", {"epoch": None, "reason": "interrupted (Ctrl-C) during the evaluation"})
+        raise
+    except LockLost:
+        raise
+    except Exception as err:
+        return give_up("failed", _failure(err))
 
 
 def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir: Path):
@@ -255,6 +345,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside a run (config, preflight, summary): nothing to save
+        print("\nstopped by Ctrl-C", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     if args.list:
         for kind, names in _registries().items():
@@ -265,14 +363,16 @@ def main(argv=None) -> int:
         print("error: give a config file, e.g. configs/quickstart.yaml (or --list)", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config, args.overrides)
-        grid = expand_grid(cfg, source=args.config)
+        with config_warnings():
+            cfg = load_config(args.config, args.overrides)
+            grid = expand_grid(cfg, source=args.config)
         if args.only:
-            grid = [s for s in grid if args.only in s.run_id]
+            grid = select_only(grid, args.only, args.config)
         opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
         specs, shard = launch.select_runs(grid, args)  # --run-id, --shard, a SLURM array's part, or all
         preflight(specs, args.config)
         device = resolve_device(cfg.device)
+        check_output_dir(cfg.output_dir, create=not args.dry_run)
         if args.launcher and distributed.requested():
             raise ConfigError("--launcher under torchrun: launch without torchrun (launcher.tasks_per_node "
                               "makes each SLURM task data-parallel)")
@@ -314,6 +414,7 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
         print(f"this SLURM array task runs part {shard} of the grid; --shard 0/1 runs all of it in each task")
     ranks = f" x {ddp.world_size} ranks ({ddp.backend})" if ddp else ""
     print(f"{len(specs)} run(s) on {device}{ranks}, {where}writing to {cfg.output_dir}")
+    stopped, built = False, True
     started = time.time()
     try:
         for i, spec in enumerate(specs, 1):
@@ -326,26 +427,94 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
                 continue
             records.append(execute_run(spec, device, cache, force=args.force, eval_only=args.eval_only))
     except KeyboardInterrupt:
+        stopped = True
         print("\nstopped by Ctrl-C; finished runs are kept, rerun the same command to continue", file=sys.stderr)
-        return 130
     finally:
         if distributed.is_writer():
-            if shard is not None or args.run_id is not None:  # part of a grid: the last worker builds
-                merge.build_if_complete(grid, cfg.output_dir)
-            else:
-                _leaderboard(cfg.output_dir)
+            # part of a grid (a shard, a launcher's task): the last worker builds it
+            built = _leaderboard(cfg.output_dir, grid if shard is not None or args.run_id is not None else None)
+    if stopped or not built:
+        return 130
+    return summarize(records)
+
+
+def summarize(records: List[Dict], out=print) -> int:
+    """The closing lines: counts, and why each run that did not finish stopped.
+    The exit status: 0 all finished (or held by other workers), 1 otherwise."""
     held = [r["run_id"] for r in records if r.get("status") == LOCKED]
-    failed = [r["run_id"] for r in records if r.get("status") not in ("finished", LOCKED)]
-    print(f"done: {len(records) - len(failed) - len(held)} finished, {len(failed)} not"
-          + (f" ({', '.join(failed)})" if failed else "")
-          + (f", {len(held)} held by other workers" if held else ""))
+    failed = [r for r in records if r.get("status") not in ("finished", LOCKED)]
+    out(f"done: {len(records) - len(failed) - len(held)} finished, {len(failed)} not"
+        + (f" ({', '.join(r['run_id'] for r in failed)})" if failed else "")
+        + (f", {len(held)} held by other workers" if held else ""))
+    for r in failed:
+        reason = ((r.get("error") or {}).get("reason") or "no reason recorded").strip().splitlines()[0]
+        kept = " (its earlier record is kept)" if r.get("record_kept") else ""
+        out(f"  {r.get('status')}: {r['run_id']}: {reason}{kept}")
     return 1 if failed else 0
 
 
-def _leaderboard(output_dir) -> None:
-    """Rebuild the leaderboard (under the output's leaderboard lock; skipped
-    when the records did not change since the last build)."""
-    merge.build_once(output_dir)
+@contextlib.contextmanager
+def config_warnings():
+    """Print each config warning (config.ConfigWarning) once, as one line,
+    however many runs of the grid repeat it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        try:
+            yield
+        finally:
+            for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ConfigWarning)):
+                print(f"config warning: {msg}", file=sys.stderr)
+
+
+def select_only(specs: List[RunSpec], text: str, source: str) -> List[RunSpec]:
+    """--only TEXT: the runs whose id contains TEXT; none is an error."""
+    chosen = [s for s in specs if text in s.run_id]
+    if not chosen:
+        example = f" (ids look like {specs[0].run_id})" if specs else ""
+        raise ConfigError(f"{source}: --only {text!r} matches none of the {len(specs)} run ids{example}; "
+                          f"--dry-run lists them")
+    return chosen
+
+
+def check_output_dir(output_dir, create: bool = True) -> None:
+    """Refuse an output_dir that cannot be written, before any work. With
+    ``create`` the directory is made and a probe file written and removed;
+    without (--dry-run) nothing is created."""
+    path = Path(output_dir)
+    fix = "set output_dir in the config (or --set output_dir=DIR) to a writable directory"
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ConfigError(f"output_dir {path}: {ancestor} is a file, not a directory; {fix}")
+    if not create:
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ConfigError(f"output_dir {path}: {ancestor} is not writable; {fix}")
+        return
+    try:
+        (path / "runs").mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path / "runs", prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"output_dir {path} cannot be written ({err.__class__.__name__}: "
+                          f"{err.strerror or err}); {fix}") from None
+
+
+def _leaderboard(output_dir, grid: Optional[List[RunSpec]] = None) -> bool:
+    """Rebuild the tables under the output's leaderboard lock (launch/merge.py;
+    skipped when the records did not change since the last build). With
+    ``grid``, only once every run of it has ended. False when Ctrl-C stopped
+    it (the records are complete; the tables can be rebuilt later)."""
+    try:
+        if grid is None:
+            merge.build_once(output_dir)
+        else:
+            merge.build_if_complete(grid, output_dir)
+    except KeyboardInterrupt:
+        print(f"\nleaderboard build stopped by Ctrl-C; the records are complete: rebuild the tables with "
+              f"python -m robustbench_convnorm.leaderboard {output_dir}", file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ Each switch is ``auto``, ``on`` or ``off`` in the config's ``speed:`` section.
 turns a switch on only where ``python -m benchmarks.fast_path`` measured it
 faster than the plain path AND its outputs matched the plain path's (see
 docs/benchmarks.md, "Fast-path switches"). A switch nobody has measured on a
-device stays off there. The switches are not part of a run's identity (the
-run id): a fast run and a plain run of the same config are the same run,
-which is why each switch must match the plain path within the tolerance
-tested in tests/test_speed.py.
+device type takes PyTorch's own default there (:data:`TORCH_DEFAULTS`). The
+switches are not part of a run's identity (the run id): a fast run and a
+plain run of the same config are the same run, which is why each switch must
+match the plain path within the tolerance tested in tests/test_speed.py.
 
 What is always on, because it is the design rather than a switch: data and
 augmentation live on the device (``data.DeviceBatches``), training metrics
@@ -29,6 +29,22 @@ from torch import nn
 
 SWITCHES = ("channels_last", "cudnn_benchmark", "optimizer", "compile", "convnorm_fast")
 
+#: What PyTorch itself does on each device type when a run asks for nothing:
+#: contiguous (NCHW) tensors, no cuDNN autotuning, eager execution, fp32 (no
+#: autocast), and for SGD the multi-tensor ``foreach`` kernel wherever torch
+#: has foreach kernels for the device (CUDA; ``torch.optim.SGD`` with
+#: ``foreach=None`` picks it there) and the per-parameter loop elsewhere (CPU).
+#: ConvNorm's fast path is this project's own, so PyTorch has no default for it:
+#: None defers to the layer's ``FAST_PATH_DEFAULT``. A switch that nobody has
+#: measured on a device type takes this value there: unmeasured means what
+#: PyTorch does, never a slower path chosen for want of a number.
+TORCH_DEFAULTS: Dict[str, Dict[str, object]] = {
+    "cpu": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "for_loop", "compile": False,
+            "convnorm_fast": None},
+    "cuda": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "foreach", "compile": False,
+             "convnorm_fast": None},
+}
+
 #: What ``auto`` means per device type, from ``python -m benchmarks.fast_path``
 #: (docs/benchmarks.md, "Fast-path switches against the plain path"). A value
 #: that is a tuple of normalizer names is on for those normalizers only: the
@@ -36,9 +52,8 @@ SWITCHES = ("channels_last", "cudnn_benchmark", "optimizer", "compile", "convnor
 #: normalizer not listed (a plug-in, say) was not measured and gets it off.
 #: None for convnorm_fast defers to the layer's own per-device default
 #: (normalizers/convnorm.py, FAST_PATH_DEFAULT), measured the same way.
-#: No GPU was lent to the sessions that built this, so every CUDA entry is
-#: torch's own default: run `python -m benchmarks.fast_path` on a GPU and
-#: turn on what it reports as faster and matching.
+#: ``python -m benchmarks.verdicts DIR`` turns a fast-path CSV (or a
+#: ``benchmarks.gpu_check`` result folder) into the entries below by that rule.
 MEASURED_DEFAULTS: Dict[str, Dict[str, object]] = {
     # CPU, 2026-11-21, ResNet-18 width 0.25, batch 128, 1 thread: channels_last
     # 1.15-1.34x for vanilla, ocnn, sn, tn; not faster for cayley, oni and
@@ -48,16 +63,21 @@ MEASURED_DEFAULTS: Dict[str, Dict[str, object]] = {
     # run does not win back its cold compilation (docs/benchmarks.md).
     "cpu": {"channels_last": ("vanilla", "ocnn", "sn", "tn"), "cudnn_benchmark": False,
             "optimizer": "for_loop", "compile": False, "convnorm_fast": None},
-    "cuda": {"channels_last": False, "cudnn_benchmark": False, "optimizer": "for_loop",
-             "compile": False, "convnorm_fast": None},
+    # CUDA: not measured yet (no GPU was lent to the sessions that built this),
+    # so every entry is PyTorch's own default there (TORCH_DEFAULTS), SGD's
+    # foreach kernel included. `python -m benchmarks.gpu_check` on a GPU
+    # measures them; `python -m benchmarks.verdicts` then says what goes here.
+    "cuda": dict(TORCH_DEFAULTS["cuda"]),
 }
 
 #: ``train.amp: auto`` per device type: bf16 autocast (FFTs and complex solves
-#: stay fp32) where ``benchmarks.fast_path``'s ``amp=bf16`` row measured it
-#: faster and within bf16 rounding of fp32. CPU: measured 1.6-1.8x faster for
-#: vanilla, OCNN, SN and TN (1.05x ConvNorm, none for Cayley, ONI off by 9e-2),
-#: but the CPU is the project's correctness reference, so it stays fp32 there
-#: (``train.amp: bf16`` opts in). CUDA: never measured, hence off until it is.
+#: stay fp32) where ``benchmarks.fast_path``'s ``amp=bf16`` rows matched fp32
+#: within bf16 rounding for every normalizer and measured at least 3% faster
+#: for most of them (``benchmarks.verdicts``). CPU: measured
+#: 1.6-1.8x faster for vanilla, OCNN, SN and TN (1.05x ConvNorm, none for
+#: Cayley, ONI off by 9e-2), but the CPU is the project's correctness
+#: reference, so it stays fp32 there (``train.amp: bf16`` opts in). CUDA: not
+#: measured, so PyTorch's default there: fp32, no autocast.
 AMP_AUTO: Dict[str, bool] = {"cpu": False, "cuda": False}
 
 OPTIMIZER_IMPLS = ("for_loop", "foreach", "fused")
@@ -168,9 +188,12 @@ class CompiledForward:
             return self.compiled(x)
 
 
-def prepare_model(model: nn.Module, switches: Resolved, log: Callable[[str], None] = print) -> Callable:
+def prepare_model(model: nn.Module, switches: Resolved, log: Callable[[str], None] = print,
+                  compile_backend: str = "inductor") -> Callable:
     """Apply the model-level switches in place; return the callable that
-    computes the model's forward (the compiled one when ``compile`` is on)."""
+    computes the model's forward (the compiled one when ``compile`` is on;
+    ``compile_backend`` is for rehearsals: "aot_eager" traces like inductor
+    but generates no code)."""
     if switches.channels_last:
         model.to(memory_format=torch.channels_last)
     if switches.cudnn_benchmark:
@@ -179,5 +202,5 @@ def prepare_model(model: nn.Module, switches: Resolved, log: Callable[[str], Non
 
     set_convnorm_fast_path(model, switches.convnorm_fast)
     if switches.compile:
-        return CompiledForward(model, log)
+        return CompiledForward(model, log, backend=compile_backend)
     return model

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from attacks import EvalOutcome, Evaluator, evaluate, register_evaluator
-from attacks.checks import Result, StateChangedError, comparison_flags, probe_model, worst_case_correct
+from attacks.checks import (Result, StateChangedError, binomial_tail, comparison_flags, infer_threat_model, probe_model,
+                            worst_case_correct)
 
 
 class GoodModel(nn.Module):
@@ -121,6 +122,79 @@ def test_probability_outputs_are_flagged():
     assert "not_logits" not in [f for f, _ in probe_model(GoodModel().eval(), xf, y[:8])]
 
 
+class BatchStats(GoodModel):
+    """Normalizes with the statistics of its batch even in eval mode (as a
+    BatchNorm left in training mode, or frozen the wrong way, does)."""
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x - self.mean))
+        h = nn.functional.batch_norm(h, None, None, training=True)
+        return self.lin(nn.functional.adaptive_avg_pool2d(h, 2).flatten(1))
+
+
+class DriftingAttribute(GoodModel):
+    """Keeps state in a plain tensor attribute (not a buffer) that every forward moves."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.zeros(())
+
+    def forward(self, x):
+        self.shift = self.shift + 1e-3
+        return super().forward(x) + self.shift
+
+
+class LazyCache(GoodModel):
+    """Fills a tensor cache on its first forward and reuses it: no state change."""
+
+    def forward(self, x):
+        if getattr(self, "cache", None) is None:
+            self.cache = self.lin.weight.detach().sum()
+        return super().forward(x) + 0 * self.cache
+
+
+def test_output_depending_on_the_batch_is_flagged():
+    x, y = _data()
+    report = evaluate(BatchStats(), x, y, CFG, device="cpu", log=lambda s: None)
+    assert "batch_dependent" in report.flags
+    assert "one at a time" in report.flag_notes["batch_dependent"]
+    assert "batch_dependent" not in evaluate(GoodModel(), x, y, CFG, device="cpu", log=lambda s: None).flags
+
+
+@pytest.mark.parametrize("checks_on", [True, False])
+def test_a_tensor_attribute_drifting_during_an_attack_is_an_error(checks_on):
+    x, y = _data()
+    with pytest.raises(StateChangedError, match="attr:shift"):
+        evaluate(DriftingAttribute(), x, y, dict(CFG, checks=checks_on), device="cpu", log=lambda s: None)
+    # a cache that comes into being and then stays put is not a change
+    evaluate(LazyCache(), x, y, dict(CFG, checks=checks_on), device="cpu", log=lambda s: None)
+
+
+class FlipAbove(nn.Module):
+    """Class 1 exactly when the first pixel is above 0.5: a healthy model on
+    which a random +-eps perturbation fixes misclassified examples at 0.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        first = x.flatten(1)[:, 0] * self.scale
+        return torch.stack([0.5 - first, first - 0.5], 1) * 10
+
+
+def test_noise_fixing_misclassified_examples_raises_no_robust_above_clean_flag():
+    # half the examples sit at 0.5 with label 1 (misclassified; noise fixes half
+    # of them), half at 0.9 (correct; noise cannot move them below 0.5)
+    x = torch.full((64, 1, 2, 2), 0.5)
+    x[32:, 0, 0, 0] = 0.9
+    y = torch.ones(64, dtype=torch.long)
+    cfg = {"batch_size": 16, "evaluators": [{"type": "clean"}, {"type": "noise", "eps": 0.1, "name": "noise"}]}
+    report = evaluate(FlipAbove(), x, y, cfg, device="cpu", log=lambda s: None)
+    assert report.details["noise"]["adv_acc"] > report.metrics["clean_acc"] + 10   # raw accuracy above clean
+    assert "noise>clean" not in report.flags
+
+
 # ---------------------------------------------------------------------------
 # comparisons between evaluators, on hand-made outcomes
 
@@ -132,13 +206,19 @@ def _result(name, type_, kind, correct, *, settings=None, index=None, **columns)
                   index=index, per_example=per_example, info={})
 
 
+N = 20
 EPS = 8 / 255
-CLEAN = _result("clean", "clean", "clean", [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
+CLEAN = _result("clean", "clean", "clean", [1] * 16 + [0] * 4)
 
 
-def _pgd(name, correct, steps=10, eps=EPS, **columns):
-    return _result(name, "pgd", "whitebox", correct, settings={"eps": eps, "steps": steps, "step": 2 / 255,
-                                                               "random_start": True, "restarts": 1,
+def _first(k, n=N):
+    """The first k examples correct, the rest broken."""
+    return [1] * k + [0] * (n - k)
+
+
+def _pgd(name, correct, steps=10, eps=EPS, step=2 / 255, restarts=1, **columns):
+    return _result(name, "pgd", "whitebox", correct, settings={"eps": eps, "steps": steps, "step": step,
+                                                               "random_start": True, "restarts": restarts,
                                                                "norm": "Linf"}, **columns)
 
 
@@ -150,28 +230,55 @@ def _flags(results, **kw):
     return [f for f, _ in comparison_flags(results, **kw)]
 
 
-# Comparisons between attacks are paired tests: a flag needs the examples that
-# only the stronger attack leaves correct to outnumber the reverse by more than
-# two standard errors (5 vs 0 passes; 1 vs 0 or 3 vs 1 is random-start noise).
-WEAK = [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
-SYSTEMATICALLY_LESS_BROKEN = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]   # 5 spared that the weaker attack broke
-NOISE = [1, 0, 1, 1, 0, 0, 0, 0, 0, 0]                        # 2 spared, 1 broken: chance
+# Comparisons between attacks are paired tests: with a the examples only the
+# supposedly stronger attack leaves correct and b the reverse, the flag needs
+# P(X >= a | X ~ Bin(a + b, 1/2)) < alpha (0.01): 8 vs 0 (p = 0.004) passes;
+# 5 vs 0 (p = 0.03) or 3 vs 1 is random-start noise.
+WEAK = _first(2)
+SYSTEMATICALLY_LESS_BROKEN = _first(10)                     # 8 spared that the weaker attack broke
+BORDERLINE = _first(7)                                      # 5 spared: p = 0.031
+NOISE = [1, 0, 1, 1, 1] + [0] * 15                          # 3 spared, 1 broken
 
 
 def test_pgd_weaker_than_fgsm_is_flagged():
     fgsm = _fgsm(WEAK)
     assert "pgd10>fgsm" in _flags([CLEAN, fgsm, _pgd("pgd10", SYSTEMATICALLY_LESS_BROKEN)])
-    assert _flags([CLEAN, fgsm, _pgd("pgd10", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0])]) == []
+    assert _flags([CLEAN, fgsm, _pgd("pgd10", _first(1))]) == []
     assert _flags([CLEAN, fgsm, _pgd("pgd10", NOISE)]) == []
     # a different eps is not the same threat model
     assert _flags([CLEAN, fgsm, _pgd("pgd10_eps4", SYSTEMATICALLY_LESS_BROKEN, eps=4 / 255)]) == []
 
 
+def test_the_paired_test_is_exact_and_its_alpha_configurable():
+    fgsm = _fgsm(WEAK)
+    borderline = [CLEAN, fgsm, _pgd("pgd10", BORDERLINE)]
+    assert _flags(borderline) == []                          # p = 1/32 > 0.01
+    assert "pgd10>fgsm" in _flags(borderline, alpha=0.05)
+    note = dict(comparison_flags([CLEAN, fgsm, _pgd("pgd10", SYSTEMATICALLY_LESS_BROKEN)]))["pgd10>fgsm"]
+    assert "8 stay correct only under pgd10, 0 only under fgsm" in note and "p = 0.0039" in note
+    assert binomial_tail(8, 8) == pytest.approx(1 / 256)
+    assert binomial_tail(3, 4) == pytest.approx(5 / 16)
+    assert binomial_tail(0, 5) == 1.0 and binomial_tail(6, 5) == 0.0
+
+
 def test_more_steps_weaker_is_flagged():
     p10 = _pgd("pgd10", WEAK)
     assert "pgd20>pgd10" in _flags([CLEAN, p10, _pgd("pgd20", SYSTEMATICALLY_LESS_BROKEN, steps=20)])
-    assert "pgd20>pgd10" not in _flags([CLEAN, p10, _pgd("pgd20", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], steps=20)])
+    assert "pgd20>pgd10" not in _flags([CLEAN, p10, _pgd("pgd20", _first(1), steps=20)])
     assert "pgd20>pgd10" not in _flags([CLEAN, p10, _pgd("pgd20", NOISE, steps=20)])
+
+
+def test_more_steps_weaker_is_flagged_whatever_the_step_sizes():
+    # PGD-20 with 1/255 steps against PGD-10 with 2/255 steps: same eps, so more steps must not be weaker
+    p10 = _pgd("pgd10", WEAK, step=2 / 255)
+    p20 = _pgd("pgd20_step1", SYSTEMATICALLY_LESS_BROKEN, steps=20, step=1 / 255)
+    p20.settings["step_text"] = "1/255"
+    flags = dict(comparison_flags([CLEAN, p10, p20]))
+    assert "pgd20_step1>pgd10" in flags
+    assert "20 steps of 1/255 against 10 steps of 0.00784" in flags["pgd20_step1>pgd10"]
+    # fewer restarts on the side with more steps: not comparable
+    p10_restarts = _pgd("pgd10_restarts5", WEAK, restarts=5)
+    assert "pgd20_step1>pgd10_restarts5" not in _flags([CLEAN, p10_restarts, p20])
 
 
 def test_accuracy_rising_with_eps_is_flagged():
@@ -179,7 +286,7 @@ def test_accuracy_rising_with_eps_is_flagged():
     big = _pgd("pgd10_eps16", SYSTEMATICALLY_LESS_BROKEN, eps=16 / 255)
     assert "pgd10_eps16>pgd10" in _flags([CLEAN, small, big])
     assert _flags([CLEAN, small, _pgd("pgd10_eps16", NOISE, eps=16 / 255)]) == []
-    big_ok = _pgd("pgd10_eps16", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], eps=16 / 255)
+    big_ok = _pgd("pgd10_eps16", _first(1), eps=16 / 255)
     assert _flags([CLEAN, small, big_ok]) == []
     # the step size may grow with eps; FGSM's step is its eps
     big.settings["step"] = 4 / 255
@@ -192,32 +299,51 @@ def test_accuracy_rising_with_eps_is_flagged():
 
 
 def test_accuracy_above_chance_at_a_huge_eps_is_flagged():
-    huge = _pgd("pgd10_eps0p5", [1, 1, 1, 1, 0, 0, 0, 0, 0, 0], eps=0.5)
+    huge = _pgd("pgd10_eps0p5", _first(8), eps=0.5)
     assert "pgd10_eps0p5:above_chance" in _flags([CLEAN, huge], class_share=10.0)
-    low = _pgd("pgd10_eps0p5", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], eps=0.5)
+    low = _pgd("pgd10_eps0p5", _first(2), eps=0.5)
     assert _flags([CLEAN, low], class_share=10.0) == []
 
 
-def test_adversarial_accuracy_above_clean_is_flagged():
-    bad = _pgd("pgd10", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], adv_correct=[1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
-    assert "pgd10>clean" in _flags([CLEAN, bad])
-    good = _pgd("pgd10", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], adv_correct=[1, 0, 0, 0, 0, 0, 0, 0, 1, 0])
-    assert _flags([CLEAN, good]) == []
+def test_robust_above_clean_compares_what_the_harness_reports():
+    # a healthy attack: the raw prediction on x_adv fixes 3 misclassified examples
+    # (random perturbations do), but the reported outcome needs clean and adversarial
+    # correctness, so it never exceeds clean accuracy
+    raw = np.array(_first(10), bool)
+    raw[16:19] = True
+    healthy = _pgd("noise_like", _first(10), adv_correct=raw)
+    assert _flags([CLEAN, healthy]) == []
+    # an evaluator that reports misclassified examples as robust is flagged
+    lying = _pgd("pgd10", [1] * 20)
+    assert "pgd10>clean" not in _flags([CLEAN, lying])     # 4 vs 0: p = 0.06
+    big_clean = _result("clean", "clean", "clean", _first(10, 30))
+    lying = _pgd("pgd10", _first(20, 30))                  # 10 clean-wrong reported correct
+    flags = dict(comparison_flags([big_clean, lying]))
+    assert "pgd10>clean" in flags and "10 stay correct only under pgd10" in flags["pgd10>clean"]
 
 
-def test_blackbox_breaking_what_whitebox_missed_is_flagged_within_eps_only():
-    pgd = _pgd("pgd20", [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], steps=20)
-    # SimBA saw examples 0..3 (index), broke 0 and 1
-    inside = _result("simba", "simba", "blackbox", [0, 0, 1, 1], index=[0, 1, 2, 3],
-                     linf=[0.01, 0.5, 0.0, 0.0], l2=[0.1, 2.0, 0.0, 0.0], queries=[5, 9, 100, 100])
-    assert "simba>pgd20" in _flags([CLEAN, pgd, inside])
-    outside = _result("simba", "simba", "blackbox", [0, 0, 1, 1], index=[0, 1, 2, 3],
-                      linf=[0.2, 0.5, 0.0, 0.0], l2=[1.0, 2.0, 0.0, 0.0], queries=[5, 9, 100, 100])
+def test_blackbox_beating_whitebox_is_a_paired_test_within_eps_only():
+    # PGD broke 14 examples SimBA did not; SimBA broke 2 inside eps that PGD did not: chance
+    pgd = _pgd("pgd20", _first(4), steps=20)
+    simba_correct = np.array([0, 0, 1, 1] + [1] * 16, bool)
+    linf = np.where(simba_correct, 0.0, 0.01)
+    few = _result("simba", "simba", "blackbox", simba_correct, linf=linf, l2=linf, queries=np.ones(N, int))
+    assert _flags([CLEAN, pgd, few]) == []
+    # SimBA breaks 10 examples inside eps that PGD leaves correct, PGD none that SimBA misses
+    pgd = _pgd("pgd20", _first(12), steps=20)
+    simba_correct = np.array(_first(2), bool)
+    linf = np.where(simba_correct, 0.0, 0.01)
+    many = _result("simba", "simba", "blackbox", simba_correct, linf=linf, l2=linf, queries=np.ones(N, int))
+    flags = dict(comparison_flags([CLEAN, pgd, many]))
+    assert "simba>pgd20" in flags and "10 stay correct only under pgd20" in flags["simba>pgd20"]
+    # the same breaks with perturbations outside the white-box eps do not count
+    outside = _result("simba", "simba", "blackbox", simba_correct, linf=np.where(simba_correct, 0.0, 0.2),
+                      l2=linf, queries=np.ones(N, int))
     assert _flags([CLEAN, pgd, outside]) == []
 
 
 def test_falling_pgd_loss_and_invalid_inputs_are_flagged():
-    r = _pgd("pgd10", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    r = _pgd("pgd10", _first(1))
     r.info["loss_curve"] = [2.0, 1.9, 1.5]
     r.info["validity"] = {"outside_ball": 3, "outside_range": 0, "nonfinite": 1}
     flags = _flags([CLEAN, r])
@@ -228,7 +354,27 @@ def test_falling_pgd_loss_and_invalid_inputs_are_flagged():
 def test_worst_case_is_per_example_not_a_min_of_means():
     a = _pgd("pgd10", [1, 1, 1, 1, 0, 0, 1, 1, 0, 0])
     b = _fgsm([0, 0, 1, 1, 1, 1, 1, 1, 0, 0])
-    index, survived = worst_case_correct([CLEAN, a, b])
+    clean = _result("clean", "clean", "clean", [1] * 8 + [0] * 2)
+    index, survived = worst_case_correct([clean, a, b])
     np.testing.assert_array_equal(index, np.arange(10))
     np.testing.assert_array_equal(survived, [0, 0, 1, 1, 0, 0, 1, 1, 0, 0])
     assert survived.mean() == pytest.approx(0.4)           # min of the means would be 0.6
+
+
+def test_worst_case_counts_blackbox_breaks_inside_the_threat_ball_only():
+    clean = _result("clean", "clean", "clean", [1] * 10)
+    pgd = _pgd("pgd10", [1] * 8 + [0] * 2, linf=np.full(10, EPS))
+    # noise broke 0 and 1 (inside eps); SimBA, on examples 2..5 only, broke 2 inside eps and 3 outside
+    noise = _result("noise", "noise", "blackbox", [0, 0] + [1] * 8, linf=np.full(10, EPS),
+                    settings={"eps": EPS, "norm": "Linf"})
+    simba = _result("simba", "simba", "blackbox", [0, 0, 1, 1], index=[2, 3, 4, 5], linf=[0.01, 0.2, 0, 0],
+                    l2=[0.1, 1, 0, 0])
+    # a sanity point far outside the threat model breaks everything
+    huge = _pgd("pgd10_eps0p5", [0] * 10, eps=0.5, linf=np.full(10, 0.5))
+    results = [clean, pgd, noise, simba, huge]
+    _, whitebox = worst_case_correct(results, ("Linf", EPS), kinds=("whitebox",))
+    np.testing.assert_array_equal(whitebox, [1] * 8 + [0] * 2)
+    _, every = worst_case_correct(results, ("Linf", EPS))
+    np.testing.assert_array_equal(every, [0, 0, 0] + [1] * 5 + [0] * 2)
+    # without a threat model given, the white-box evaluators' commonest eps is it
+    assert infer_threat_model(results) == ("Linf", EPS)

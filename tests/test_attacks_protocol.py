@@ -155,6 +155,75 @@ def test_worst_case_accuracy_is_the_mean_of_per_example_survival():
     np.testing.assert_array_equal(r.per_example["worst_case_correct"].to_numpy(dtype=bool), survived)
 
 
+class BlackboxBreaksAbove(Evaluator):
+    """Fake black-box attack inside an eps-ball: breaks the examples whose first pixel is above a threshold."""
+
+    kind = "blackbox"
+
+    def __init__(self, *, above=1.0, eps=0.1, name=None):
+        super().__init__(name=name)
+        self.above, self.eps = above, eps
+
+    def settings(self):
+        return {"eps": self.eps, "norm": "Linf"}
+
+    def run(self, model, x, y, *, generator, batch_size):
+        correct = x.flatten(1)[:, 0].cpu().numpy() <= self.above
+        return EvalOutcome(per_example={"correct": correct, "linf": np.full(len(x), self.eps)},
+                           metrics={"acc": 100 * correct.mean()}, info=self.describe())
+
+
+register_evaluator("test_blackbox_breaks_above")(BlackboxBreaksAbove)
+
+
+def test_worst_case_acc_takes_every_attack_of_the_threat_model():
+    x, y = _data(n=60)
+    model = Tiny()
+    with torch.no_grad():
+        y = model(x.float() / 255).argmax(1)            # every example clean-correct
+    cfg = {"n_examples": None, "batch_size": 16, "seed": 0, "evaluators": [
+        {"type": "clean"}, {"type": "test_breaks_by_pixel", "below": 0.3, "name": "low"},
+        {"type": "pgd", "eps": 0.02, "step": 0.01, "steps": 2, "name": "pgd2"},
+        {"type": "test_blackbox_breaks_above", "above": 0.7, "eps": 0.02, "name": "black"},
+        # a sanity point far outside the threat model, and a black-box attack outside it
+        {"type": "pgd", "eps": 0.5, "step": 0.2, "steps": 2, "name": "pgd2_eps0p5"},
+        {"type": "test_blackbox_breaks_above", "above": 0.5, "eps": 0.4, "name": "black_big"}]}
+    r = evaluate(model, x, y, cfg, device="cpu", **QUIET)
+    t = r.per_example
+    first = x.flatten(1)[:, 0].float().numpy() / 255
+    whitebox = (first >= 0.3) & t["pgd2_correct"].to_numpy(dtype=bool)
+    np.testing.assert_array_equal(t["worst_case_whitebox_correct"].to_numpy(dtype=bool), whitebox)
+    np.testing.assert_array_equal(t["worst_case_correct"].to_numpy(dtype=bool), whitebox & (first <= 0.7))
+    assert r.metrics["worst_case_whitebox_acc"] == pytest.approx(100 * whitebox.mean())
+    assert r.metrics["worst_case_acc"] == pytest.approx(100 * (whitebox & (first <= 0.7)).mean())
+    assert r.metrics["worst_case_acc"] < r.metrics["worst_case_whitebox_acc"] - 5
+    assert r.metrics["pgd2_eps0p5_acc"] < r.metrics["worst_case_acc"]
+    assert r.protocol["threat_model"]["eps"] == pytest.approx(0.02)
+    assert r.details["black"]["in_threat_model"] and not r.details["black_big"]["in_threat_model"]
+    assert not r.details["pgd2_eps0p5"]["in_threat_model"]
+    # a threat model given in the config replaces the inferred one
+    wide = evaluate(model, x, y, dict(cfg, threat_model={"eps": 0.5, "norm": "Linf"}), device="cpu", **QUIET)
+    assert wide.metrics["worst_case_acc"] <= wide.metrics["pgd2_eps0p5_acc"]
+    assert wide.protocol["threat_model"]["source"] == "config"
+
+
+def test_progress_lines_with_rate_and_time_left_when_output_is_redirected(monkeypatch):
+    import attacks._progress
+    monkeypatch.setattr(attacks._progress, "INTERVAL_S", 0.0)
+    x, _ = _data()
+    with torch.no_grad():
+        y = Tiny()(x.float() / 255).argmax(1)
+    lines = []
+    cfg = {"n_examples": 40, "batch_size": 8, "evaluators": [{"type": "pgd", "steps": 2},
+                                                            {"type": "simba", "n_images": 20, "max_iters": 5}]}
+    evaluate(Tiny(), x, y, cfg, device="cpu", log=lines.append)
+    progress = [s for s in lines if "batches" in s]
+    for name, total in (("clean", 5), ("pgd2", 5), ("simba_maxiters5", 3)):
+        mine = [s for s in progress if s.startswith(f"[eval] {name}: ")]
+        assert len(mine) == total - 1, (name, progress)       # after every batch but the last
+        assert f"1 of {total} batches" in mine[0] and "batches/s" in mine[0] and "left" in mine[0]
+
+
 def test_invalid_adversarial_inputs_become_flags():
     x, y = _data()
     cfg = {"n_examples": 16, "batch_size": 8, "evaluators": [{"type": "test_escapes_ball", "name": "bad"}]}
@@ -189,6 +258,10 @@ def test_config_errors_are_single_clear_messages():
                  device="cpu", **QUIET)
     with pytest.raises(ValueError, match="8/255"):
         get_evaluator("fgsm", eps="eight")
+    with pytest.raises(ValueError, match="eval.alpha is a significance level"):
+        evaluate(Tiny(), x, y, {"alpha": 5}, device="cpu", **QUIET)
+    with pytest.raises(ValueError, match="eval.threat_model must be null or"):
+        evaluate(Tiny(), x, y, {"threat_model": 0.1}, device="cpu", **QUIET)
 
 
 def test_registry_and_result_names():

@@ -8,7 +8,7 @@ import scipy.fft
 import torch
 from torch import nn
 
-from attacks import get_evaluator
+from attacks import evaluate, get_evaluator
 from attacks.simba import dct_matrix, simba_attack, success_curve, summarize
 
 
@@ -64,7 +64,8 @@ def _basis_image(basis, coord, shape):
 def reference_simba(model, x, y, order, *, step, cap, basis="pixel", linf_bound=None):
     """Slow SimBA on one image, as the paper describes it: before each
     iteration, stop if the top-1 is no longer y (not counted); try minus, then
-    plus; accept a step only if the true-class probability drops."""
+    plus; accept a step only if the true-class probability drops (float64 here,
+    where it does not saturate)."""
     delta = torch.zeros_like(x)
 
     def adv(d):
@@ -96,17 +97,20 @@ def reference_simba(model, x, y, order, *, step, cap, basis="pixel", linf_bound=
         k += 1
 
 
-@pytest.mark.parametrize("basis,step,cap,linf", [
-    ("pixel", 0.2, D, None),
-    ("pixel", 0.35, 20, None),
-    ("pixel", 0.2, D, 0.3),
-    ("dct", 0.12, D, None),
+@pytest.mark.parametrize("basis,step,cap,linf,score", [
+    ("pixel", 0.2, D, None, "prob"),
+    ("pixel", 0.2, D, None, "log_odds"),
+    ("pixel", 0.35, 20, None, "log_odds"),
+    ("pixel", 0.2, D, 0.3, "log_odds"),
+    ("dct", 0.12, D, None, "log_odds"),
 ])
-def test_batched_matches_one_image_reference(basis, step, cap, linf):
+def test_batched_matches_one_image_reference(basis, step, cap, linf, score):
+    # in float64 the probability never saturates here, so both scores accept
+    # exactly the steps the paper's rule accepts
     model, x, y = _data()
     orders = _orders(len(x), D)
     res = simba_attack(model, x, y, step=step, max_iters=cap, basis=basis, linf_bound=linf,
-                       batch_size=5, orders=orders)
+                       batch_size=5, orders=orders, score=score)
     outcomes = []
     for i in range(len(x)):
         ok, q, k, xa = reference_simba(model, x[i], int(y[i]), orders[i], step=step, cap=cap,
@@ -134,21 +138,24 @@ def test_batch_size_does_not_change_the_result_and_generator_order_is_documented
     assert torch.equal(explicit.queries, runs[0].queries)
 
 
-def test_accepted_steps_never_raise_the_true_class_probability():
+@pytest.mark.parametrize("score", ["prob", "log_odds"])
+def test_accepted_steps_never_raise_the_true_class_probability(score):
     model, x, y = _data(n=12)
     res = simba_attack(model, x, y, step=0.3, batch_size=4, generator=torch.Generator().manual_seed(3),
-                       record_probs=True)
-    trace = res.prob_trace
+                       record_scores=True, score=score)
+    trace = res.score_trace
     for i in range(len(x)):
         row = trace[i, : int(res.iterations[i]) + 1]
         assert torch.isfinite(row).all()
-        assert (row[1:] <= row[:-1]).all(), f"image {i}: probability rose on an accepted step"
+        assert (row[1:] <= row[:-1]).all(), f"image {i}: score rose on an accepted step"
         assert torch.isnan(trace[i, int(res.iterations[i]) + 1:]).all()
-        # the trace belongs to the returned adversarial input
+        # the trace belongs to the returned adversarial input, and both scores
+        # are the true-class probability up to a monotone map
         with torch.no_grad():
             p_final = torch.softmax(model(res.x_adv[i:i + 1]), 1)[0, y[i]]
             p_start = torch.softmax(model(x[i:i + 1]), 1)[0, y[i]]
-        assert float(p_final) == pytest.approx(float(row[-1]), abs=1e-12)
+        as_score = p_final if score == "prob" else torch.log(p_final) - torch.log1p(-p_final)
+        assert float(as_score) == pytest.approx(float(row[-1]), abs=1e-9)
         assert p_final <= p_start
     assert (trace[:, 1:] < trace[:, :-1]).any(), "no step was ever accepted"
 
@@ -235,3 +242,61 @@ def test_evaluator_outcome_and_name():
     assert out.metrics["avg_queries"] == pytest.approx(pe["queries"].mean())
     assert out.info["curve"]["success_rate"][-1] == pytest.approx(out.metrics["success_rate"])
     assert out.info["max_iters"] == D and out.info["validity"]["outside_range"] == 0
+    assert out.info["score"] == "log_odds" and out.metrics["saturated_frac"] == 0.0
+    assert get_evaluator("simba", score="prob").name == "simba_scoreprob"
+    with pytest.raises(ValueError, match="simba: score must be one of 'log_odds', 'prob'"):
+        get_evaluator("simba", score="probability")
+
+
+class ScaledLogits(nn.Module):
+    """One fixed classifier (10 classes on 3x8x8 images) with its logits
+    multiplied by ``scale``: the same decision function at every scale."""
+
+    def __init__(self, scale=1.0, d=3 * 8 * 8, hidden=64, classes=10):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("a", torch.randn(hidden, d, generator=g) * 3 / d ** 0.5)
+        self.register_buffer("w", torch.randn(classes, hidden, generator=g) / 2)
+        self.scale = scale
+
+    def forward(self, x):
+        return self.scale * torch.tanh(x.flatten(1) @ self.a.T) @ self.w.T
+
+
+def _success(score, scale, x, y):
+    ev = get_evaluator("simba", score=score, max_iters=20, n_images=len(x))
+    out = ev.run(ScaledLogits(scale).eval(), x, y, generator=torch.Generator().manual_seed(0), batch_size=100)
+    return out.metrics
+
+
+def test_log_odds_score_does_not_depend_on_the_logit_scale_and_prob_does():
+    x = torch.rand(200, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = ScaledLogits()(x).argmax(1)
+    log_odds = {s: _success("log_odds", s, x, y) for s in (1, 30)}
+    prob = {s: _success("prob", s, x, y) for s in (1, 30)}
+    assert 40 < log_odds[1]["success_rate"] < 90, "degenerate case: SimBA must break some images, not all"
+    # the same classifier: the same success rate (paired: same images, same orders) ...
+    assert abs(log_odds[30]["success_rate"] - log_odds[1]["success_rate"]) <= 3
+    # ... while the probability saturates at x30 and the attack stalls
+    assert prob[1]["success_rate"] == pytest.approx(log_odds[1]["success_rate"], abs=3)
+    assert prob[30]["success_rate"] < prob[1]["success_rate"] - 20
+    # the saturated fraction is recorded whatever the score
+    assert prob[1]["saturated_frac"] == log_odds[1]["saturated_frac"] < 0.05
+    assert prob[30]["saturated_frac"] == log_odds[30]["saturated_frac"] > 0.5
+
+
+def test_saturation_is_recorded_for_every_simba_run_and_flagged_under_prob():
+    x = (torch.rand(120, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
+    model = ScaledLogits(30).eval()
+    with torch.no_grad():
+        y = model(x.float() / 255).argmax(1)
+    cfg = {"batch_size": 60, "evaluators": [
+        {"type": "simba", "max_iters": 3, "n_images": 50, "name": "simba"},
+        {"type": "simba", "score": "prob", "max_iters": 3, "n_images": 50, "name": "simba_prob"}]}
+    r = evaluate(model, x, y, cfg, device="cpu", log=lambda s: None)
+    assert r.metrics["simba_saturated_frac"] == r.metrics["simba_prob_saturated_frac"] > 0.5
+    assert r.per_example["simba_prob_saturated"].sum() == round(50 * r.metrics["simba_prob_saturated_frac"])
+    assert "simba_prob:saturated" in r.flags and "simba:saturated" not in r.flags
+    assert "score: log_odds" in r.flag_notes["simba_prob:saturated"]
+    assert r.details["simba_prob"]["score"] == "prob" and r.details["simba"]["score"] == "log_odds"

@@ -1,10 +1,14 @@
 """The benchmark scripts run (tiny sizes) and the report judges targets right."""
 import csv
+import dataclasses
 
 import pytest
+import torch
 
 from benchmarks import attacks as attacks_bench
 from benchmarks import fast_path, lipschitz_models, normalizers, report
+from benchmarks.replay import FreeReplay
+from robustbench_convnorm import speed
 
 
 def read(path):
@@ -89,3 +93,44 @@ def test_report_judges_each_target_from_the_recorded_rows(tmp_path, monkeypatch)
 def test_unknown_normalizer_is_one_clear_error(only, tmp_path):
     with pytest.raises(SystemExit, match="unknown normalizer"):
         normalizers.main(["--device", "cpu", "--only", only, "--out", str(tmp_path / "x.csv")])
+
+
+def test_a_replay_autotunes_cudnn_for_its_own_calls_only(monkeypatch):
+    """cudnn.benchmark is process-global and speed.prepare_model sets it for
+    good: without care, the plain path of a cudnn_benchmark comparison (built
+    in the same process) would run autotuned too, and the row compare nothing."""
+    real = speed.resolve
+    monkeypatch.setattr(speed, "resolve",
+                        lambda cfg, device, name=None: dataclasses.replace(real(cfg, device, name),
+                                                                           cudnn_benchmark=True))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    replay = FreeReplay("vanilla", batch=2, width=0.0625, device=torch.device("cpu"), size=8)
+    assert torch.backends.cudnn.benchmark is False  # building it left the process alone
+    seen = []
+    train_batch = replay.method.train_batch
+    replay.method.train_batch = lambda x, y: (seen.append(torch.backends.cudnn.benchmark), train_batch(x, y))[1]
+    replay.step()
+    assert seen == [True] and torch.backends.cudnn.benchmark is False
+
+
+def test_pgd_benchmark_can_time_the_whole_target_set(tmp_path):
+    out = tmp_path / "a.csv"
+    assert attacks_bench.main(["--device", "cpu", "--arch", "convnet", "--width", "0.25", "--batch", "4",
+                               "--pgd-images", "10", "--iters", "2", "--loop-images", "1", "--repeats", "1",
+                               "--out", str(out)]) == 0
+    pgd = read(out)[0]
+    assert pgd["measure"] == "PGD-20" and pgd["images"] == "10" and pgd["batch"] == "4"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_fast_path_switches_match_the_plain_path_on_cuda(tmp_path):
+    """On a GPU the comparison runs in true fp32 (TF32 would blur it), so every
+    switch that computes the same function matches (bf16 does not, by design);
+    what the GPU check's verdicts rest on."""
+    out = tmp_path / "f.csv"
+    assert fast_path.main(["--device", "cuda", "--normalizers", "vanilla,convnorm", "--switches",
+                           "channels_last,cudnn_benchmark,optimizer=foreach,optimizer=fused,convnorm_fast",
+                           "--batch", "8", "--width", "0.25", "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
+    rows = read(out)
+    assert rows and all(not r.get("error") and r["matches"] == "True" for r in rows), rows

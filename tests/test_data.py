@@ -59,21 +59,21 @@ def test_imagefolder_directory_and_zip_agree(tmp_path):
 
 
 def test_imagefolder_missing_split_says_where(tmp_path):
-    _write_images(tmp_path, "train", ["a"], 1)
+    _write_images(tmp_path, "train", ["a", "b"], 1)
     with pytest.raises(DataError, match=r"no 'test' images under .*set data.root"):
         load_source("imagefolder", root=str(tmp_path), cache=False)
     with pytest.raises(DataError, match="set data.root"):
         load_source("imagefolder")
 
 
-def _fake_cifar10(root, n=4):
+def _fake_cifar10(root, n=10):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": list(rng.integers(0, 10, n))}, f)
+            pickle.dump({"data": data, "labels": list(rng.permutation(n) % 10)}, f)  # every class
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
     return folder
@@ -82,7 +82,7 @@ def _fake_cifar10(root, n=4):
 def test_cifar10_pickle_layout(tmp_path):
     folder = _fake_cifar10(tmp_path)
     d = load_source("cifar10", root=str(tmp_path), download=False)
-    assert d.train_x.shape == (20, 3, 32, 32) and d.test_x.shape == (4, 3, 32, 32)
+    assert d.train_x.shape == (50, 3, 32, 32) and d.test_x.shape == (10, 3, 32, 32)
     with open(folder / "test_batch", "rb") as f:
         raw = pickle.load(f)
     # the pickle stores each image as 1024 R, then G, then B values, row-major

@@ -1,90 +1,17 @@
 """Leaderboard tables and plots from hand-made records (schema: docs/ARCHITECTURE.md)."""
-import json
 import math
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from leaderboard_records import EPS, GRID, ROOT, make_record, write
 from robustbench_convnorm.leaderboard import LeaderboardWarning, build_leaderboard, main
 
-EPS = 8 / 255
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_record(*, normalizer="convnorm", seed=0, status="finished", batchnorm=True, dataset="cifar10",
-                arch="resnet18", train_method="free", train_eps=EPS, seeds=None, clean=80.0,
-                fgsm=50.0, pgd10=45.0, pgd20=44.0, worst=None, simba=None, flags=(), error=None,
-                params=11_000_000, sec_per_epoch=20.0, extra_evals=None, data_note=None, **over):
-    """A record.json as records.py writes it; accuracies in percent. Like the run CLI, config.seeds
-    holds the run's own seed unless `seeds` gives a whole list."""
-    if seeds is None:
-        seeds = [] if seed is None else [seed]
-    metrics, evaluations = {}, {}
-    if status == "finished":
-        metrics = {"clean_acc": clean, "fgsm_acc": fgsm, "pgd10_acc": pgd10, "pgd20_acc": pgd20,
-                   "worst_case_acc": pgd20 if worst is None else worst,
-                   "lip_product_log10": 3.5, "mean_layer_spectral_norm": 1.2}
-        evaluations = {
-            "clean": {"kind": "clean", "acc": clean},
-            "fgsm": {"kind": "whitebox", "eps": EPS, "acc": fgsm},
-            "pgd10": {"kind": "whitebox", "eps": EPS, "step": 2 / 255, "steps": 10, "restarts": 1,
-                      "acc": pgd10},
-            "pgd20": {"kind": "whitebox", "eps": EPS, "step": 2 / 255, "steps": 20, "restarts": 1,
-                      "acc": pgd20},
-        }
-        if simba is not None:
-            rate, queries = simba
-            metrics.update(simba_success_rate=rate, simba_avg_queries=queries)
-            evaluations["simba"] = {"kind": "blackbox", "step": 0.2, "max_iters": 3072,
-                                    "success_rate": rate, "avg_queries": queries,
-                                    "curve": {"queries": [0, 1000, 2000, 3000],
-                                              "success_rate": [0, rate / 3, rate / 2, rate]}}
-        for name, ev in (extra_evals or {}).items():
-            evaluations[name] = {k: v for k, v in ev.items() if k != "acc"}
-            metrics[f"{name}_acc"] = ev["acc"]
-    rec = {
-        "schema": 1,
-        "run_id": f"{dataset}-{arch}-{normalizer}{'-bn' if batchnorm else ''}-{train_method}-s{seed}",
-        "status": status,
-        "error": error,
-        "dataset": dataset, "arch": arch, "normalizer": normalizer, "normalizer_options": {},
-        "batchnorm": batchnorm, "train_method": train_method, "train_eps": train_eps, "seed": seed,
-        "grid_axes": {},
-        "config": {"seeds": list(seeds), "dataset": {"name": dataset}, "epochs": 30},
-        "metrics": metrics,
-        "evaluations": evaluations,
-        "params": params,
-        "timings": {"train_seconds": sec_per_epoch * 30, "train_seconds_per_epoch": sec_per_epoch,
-                    "eval_seconds": 5.0, "epochs_done": 30 if status == "finished" else 3},
-        "flags": list(flags),
-        "lipschitz": None,
-        "versions": {"torch": "2.x"}, "git_sha": "abc123", "device": "cpu",
-        "created": "2026-01-01T00:00:00", "data_note": data_note,
-    }
-    rec.update(over)
-    return rec
-
-
-def write(results, rec, name=None):
-    d = results / "runs" / (name or rec["run_id"])
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "record.json").write_text(json.dumps(rec))
-    return d / "record.json"
-
-
-# Three models, three seeds each; hand-chosen numbers.
-GRID = {
-    "sn": {"clean": [82.0, 83.0, 82.5], "fgsm": [52.0, 52.5, 52.6], "pgd10": [45.5, 46.0, 45.6],
-           "pgd20": [44.0, 45.0, 44.5]},
-    "convnorm": {"clean": [83.0, 83.5, 83.2], "fgsm": [53.0, 52.8, 52.9], "pgd10": [46.0, 46.3, 46.1],
-                 "pgd20": [45.0, 44.5, 45.1]},
-    "oni": {"clean": [80.5, 80.9, 80.7], "fgsm": [48.3, 48.1, 48.6], "pgd10": [42.3, 42.0, 42.6],
-            "pgd20": [41.0, 41.4, 40.9]},
-}
+# the tables alone, for tests that look at no plot or page (the default build writes them all)
+TABLES = {"formats": ["md"], "plots": False}
 
 
 @pytest.fixture
@@ -101,7 +28,7 @@ def read_csv(path):
 
 
 def test_means_and_stds_match_hand_computation(full_grid):
-    written = build_leaderboard(full_grid)
+    written = build_leaderboard(full_grid, **TABLES)
     df = read_csv(written["csv"]).set_index("normalizer")
     for norm, vals in GRID.items():
         row = df.loc[norm]
@@ -127,7 +54,7 @@ def test_means_and_stds_match_hand_computation(full_grid):
 def test_one_seed_std_is_empty(tmp_path):
     res = tmp_path / "r"
     write(res, make_record(seeds=[0]))
-    df = read_csv(build_leaderboard(res)["csv"])
+    df = read_csv(build_leaderboard(res, **TABLES)["csv"])
     assert df.loc[0, "pgd20_acc_mean"] == 44.0
     assert math.isnan(df.loc[0, "pgd20_acc_std"])
     md = (res / "leaderboard.md").read_text()
@@ -135,7 +62,7 @@ def test_one_seed_std_is_empty(tmp_path):
 
 
 def test_ranking_by_strongest_whitebox_and_rank_by(full_grid):
-    written = build_leaderboard(full_grid)
+    written = build_leaderboard(full_grid, **TABLES)
     df = read_csv(written["csv"])
     # pgd20 is the lowest white-box column; convnorm (44.87) > sn (44.5) > oni (41.1)
     assert list(df["normalizer"]) == ["convnorm", "sn", "oni"]
@@ -151,14 +78,14 @@ def test_ranking_by_strongest_whitebox_and_rank_by(full_grid):
     assert f"{m:.2f} ± {s:.2f}" in md
 
     # clean accuracy ranks convnorm, sn, oni too; rank by fgsm: convnorm 52.9 > sn 52.37 > oni
-    df = read_csv(build_leaderboard(full_grid, rank_by="clean_acc")["csv"])
+    df = read_csv(build_leaderboard(full_grid, rank_by="clean_acc", **TABLES)["csv"])
     assert list(df["normalizer"]) == ["convnorm", "sn", "oni"]
     # lower is better for the time per epoch: make oni fastest
     for seed in range(3):
         rec = make_record(normalizer="oni", seed=seed, sec_per_epoch=5.0,
                           **{k: v[seed] for k, v in GRID["oni"].items()})
         write(full_grid, rec)
-    df = read_csv(build_leaderboard(full_grid, rank_by="train_seconds_per_epoch")["csv"])
+    df = read_csv(build_leaderboard(full_grid, rank_by="train_seconds_per_epoch", **TABLES)["csv"])
     assert df.iloc[0]["normalizer"] == "oni"
     with pytest.raises(ValueError, match="no such metric"):
         build_leaderboard(full_grid, rank_by="nonsense")
@@ -173,7 +100,7 @@ def test_failed_missing_and_running_runs_are_reported(tmp_path):
     write(res, make_record(normalizer="oni", seed=0, pgd20=41.0))  # seeds 1, 2: no record
     write(res, make_record(normalizer="ocnn", seed=0, status="running"))
     write(res, make_record(normalizer="ocnn", seed=1, status="failed", error={"epoch": 0, "reason": "OOM"}))
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"]).set_index("normalizer")
     sn = df.loc["sn"]
     assert (sn["n_seeds"], sn["n_failed"], sn["n_expected"]) == (2, 1, 3)
@@ -205,7 +132,7 @@ def test_expected_seeds_from_union_when_config_has_none(tmp_path):
     rec = make_record(normalizer="oni", seed=0)
     del rec["config"]["seeds"]
     write(res, rec)
-    df = read_csv(build_leaderboard(res)["csv"]).set_index("normalizer")
+    df = read_csv(build_leaderboard(res, **TABLES)["csv"]).set_index("normalizer")
     assert df.loc["sn", "status"] == "ok"
     assert df.loc["oni", "status"] == "1/2 finished, missing seeds 1"
 
@@ -218,7 +145,7 @@ def test_corrupt_record_is_skipped_with_warning(full_grid):
     notrec.mkdir()
     (notrec / "record.json").write_text("[1, 2]")
     with pytest.warns(LeaderboardWarning) as caught:
-        written = build_leaderboard(full_grid)
+        written = build_leaderboard(full_grid, **TABLES)
     messages = " ".join(str(w.message) for w in caught)
     assert "half-written" in messages and "not-a-record" in messages
     assert len(read_csv(written["runs_csv"])) == 9
@@ -228,10 +155,10 @@ def test_corrupt_record_is_skipped_with_warning(full_grid):
 
 def test_flags_union_and_data_note(tmp_path):
     res = tmp_path / "r"
-    note = "CIFAR-10 from the JPEG copy in ../shared, not the official data"
+    note = "CIFAR-10 from a JPEG copy, not the official data"
     write(res, make_record(seed=0, flags=["pgd_above_fgsm"], data_note=note))
     write(res, make_record(seed=1, flags=["pgd_above_fgsm", "buffer_changed"], data_note=note))
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"])
     assert df.loc[0, "flags"] == "buffer_changed;pgd_above_fgsm"
     runs = read_csv(written["runs_csv"])
@@ -303,7 +230,7 @@ def test_no_whitebox_ranks_by_simba(tmp_path):
 
 def test_empty_results_dir_and_missing_dir(tmp_path):
     (tmp_path / "empty" / "runs").mkdir(parents=True)
-    written = build_leaderboard(tmp_path / "empty")
+    written = build_leaderboard(tmp_path / "empty", **TABLES)
     assert "No run records found." in written["md"].read_text()
     assert read_csv(written["csv"]).empty
     with pytest.raises(FileNotFoundError):
@@ -331,7 +258,7 @@ def test_odd_but_readable_records_do_not_crash(tmp_path):
     rec = make_record(normalizer="sn", seed=3, seeds=[3, 4], train_eps=round(EPS, 13))
     rec["timings"] = {"train_seconds": 10, "epochs_done": 4}  # per-epoch time derived
     write(res, rec, name="c")
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"])
     sn = df[df["normalizer"] == "sn"].iloc[0]
     assert sn["n_seeds"] == 2 and "missing seeds 4" in sn["status"]  # both eps spellings group together
@@ -357,10 +284,10 @@ def test_variants_are_separate_models_and_bn_label(tmp_path):
                                                                                   "train.eps": EPS}),
               name=f"sn-lr0.01-{seed}")
         write(res, make_record(normalizer="bn", seed=seed, pgd20=5.0, normalizer_options={}), name=f"bn-{seed}")
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     df = read_csv(written["csv"])
-    assert list(df["model"]) == ["convnorm+BN [kernel=3]", "convnorm+BN [kernel=5]", "sn+BN [train.lr=0.1]",
-                                 "sn+BN [train.lr=0.01]", "bn"]
+    assert list(df["model"]) == ["convnorm+BN [kernel=3]", "convnorm+BN [kernel=5]", "sn+BN [lr=0.1]",
+                                 "sn+BN [lr=0.01]", "bn"]
     assert list(df["n_seeds"]) == [2] * 5 and set(df["status"]) == {"ok"}
     assert list(df["pgd20_acc_mean"]) == [40.5, 30.5, 20.0, 10.0, 5.0]
     assert df["variant"].fillna("").tolist()[-1] == ""
@@ -375,7 +302,7 @@ def test_rerun_of_a_seed_counts_once(tmp_path):
     write(res, make_record(seed=0, pgd20=42.0, created="2026-01-02T00:00:00"), name="new")
     write(res, make_record(seed=1, pgd20=40.0, created="2026-01-01T00:00:00"), name="s1a")
     write(res, make_record(seed=1, pgd20=44.0, created="2026-01-03T00:00:00"), name="s1b")
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     row = read_csv(written["csv"]).iloc[0]
     assert (row["n_seeds"], row["n_failed"]) == (2, 0)
     assert row["pgd20_acc_mean"] == pytest.approx(43.0)  # the newest finished record of each seed
@@ -389,7 +316,7 @@ def test_tied_attacks_rank_by_the_later_one_and_md_shows_headline_metrics(tmp_pa
         rec = make_record(normalizer=norm, fgsm=13.0, pgd10=13.0, pgd20=13.0)
         rec["metrics"]["simba_mean_l2"] = 0.82
         write(res, rec)
-    written = build_leaderboard(res)
+    written = build_leaderboard(res, **TABLES)
     md = written["md"].read_text()
     assert "Ranked within each dataset by **PGD-20**" in md
     assert "simba mean l2" not in md
@@ -402,6 +329,6 @@ def test_grid_seeds_reveal_a_seed_missing_for_every_model(tmp_path):
     for norm in ("sn", "oni"):
         for seed in (0, 1):                       # seed 2 of the grid never ran for anyone
             write(res, make_record(normalizer=norm, seed=seed, grid_seeds=[0, 1, 2]))
-    df = read_csv(build_leaderboard(res)["csv"]).set_index("normalizer")
+    df = read_csv(build_leaderboard(res, **TABLES)["csv"]).set_index("normalizer")
     for norm in ("sn", "oni"):
         assert df.loc[norm, "status"] == "2/3 finished, missing seeds 2"

@@ -1,18 +1,16 @@
 """Spectral norms and bounds of conv layers (robustbench_convnorm.lipschitz),
 checked against the dense SVD of explicit operator matrices (tests/operators.py)
-and against the facts of shared REFERENCE.md section 3."""
-import json
+and against the TN paper's facts: exact <= TN <= F4 <= flat, and its sanity
+numbers for a random 8x6x3x3 kernel."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustbench_convnorm import lipschitz as lip
-from robustbench_convnorm.models.registry import build_model
-from robustbench_convnorm.normalizers import get_normalizer, tagged_convs
+from robustbench_convnorm.lipschitz import probes, spectra
+from robustbench_convnorm.normalizers import get_normalizer
 
 from operators import explicit_operator, singular_values
 
@@ -54,7 +52,7 @@ def test_exact_singular_values_equal_dense_svd_of_circular_conv(c_out, c_in, k, 
 def test_exact_in_frequency_blocks_equals_one_block(monkeypatch):
     w = torch.randn(3, 2, 3, 3, dtype=DT)
     whole = (lip.circular_singular_values(w, 8, 2), lip.circular_spectral_norm(w, 8), lip.weight_channel_spectrum(w, 8))
-    monkeypatch.setattr(lip, "_EXACT_BLOCK", 3 * 2 * 4)  # one frequency row per block
+    monkeypatch.setattr(spectra, "_EXACT_BLOCK", 3 * 2 * 4)  # one frequency row per block
     torch.testing.assert_close(lip.circular_singular_values(w, 8, 2), whole[0], rtol=1e-12, atol=1e-12)
     assert lip.circular_spectral_norm(w, 8) == pytest.approx(whole[1], rel=1e-12)
     torch.testing.assert_close(lip.weight_channel_spectrum(w, 8), whole[2], rtol=1e-12, atol=1e-12)
@@ -139,7 +137,7 @@ def test_ordering_exact_tn_f4_flat_on_random_kernels(stride):
 
 
 def test_reference_sanity_magnitudes():
-    """REFERENCE.md section 3: random 8x6x3x3 kernel, n=16: exact 13.79, TN 16.39,
+    """The TN paper's sanity numbers: random 8x6x3x3 kernel, n=16: exact 13.79, TN 16.39,
     F4 22.02, sqrt(9)*||W_flat|| 24.99. The kernel's distribution is unknown,
     so check the ordering and the ratios to the flat bound (0.552, 0.656,
     0.881) over i.i.d. normal kernels."""
@@ -244,7 +242,8 @@ def test_tn_bound_gradient_matches_finite_differences():
 
 def test_tn_bound_does_not_depend_on_input_size_but_exact_does():
     w = torch.randn(4, 4, 3, 3, dtype=DT)
-    a, b = lip.tn_bound(w, generator=torch.Generator().manual_seed(1)), lip.tn_bound(w, generator=torch.Generator().manual_seed(1))
+    a = lip.tn_bound(w, generator=torch.Generator().manual_seed(1))
+    b = lip.tn_bound(w, generator=torch.Generator().manual_seed(1))
     assert a == b
     e4, e32 = lip.circular_spectral_norm(w, 4), lip.circular_spectral_norm(w, 32)
     assert e4 <= e32 * (1 + 1e-12) <= a * (1 + 1e-6)
@@ -280,7 +279,7 @@ def test_layer_channel_condition_equals_dense_per_channel_svd(stride):
 def test_layer_channel_spectrum_in_chunks_equals_one_batch(monkeypatch):
     conv = nn.Conv2d(3, 5, 3, padding=1, stride=2, bias=False).to(DT)
     whole = lip.layer_channel_spectrum(conv, (3, 8, 8))
-    monkeypatch.setattr(lip, "_PROBE_BLOCK", 2 * 3 * 8 * 8)  # two channels per batch
+    monkeypatch.setattr(probes, "_PROBE_BLOCK", 2 * 3 * 8 * 8)  # two channels per batch
     torch.testing.assert_close(lip.layer_channel_spectrum(conv, (3, 8, 8)), whole, rtol=0, atol=0)
 
 
@@ -289,134 +288,6 @@ def test_layer_channel_condition_on_zero_padded_conv_matches_weight_definition(s
     conv = nn.Conv2d(3, 5, 3, padding=padding, stride=stride, bias=False).to(DT)
     torch.testing.assert_close(lip.layer_channel_condition(conv, (3, 10, 10)),
                                lip.weight_channel_condition(conv.weight, 10, stride), rtol=1e-9, atol=0)
-
-
-# ------------------------------------------------------------ model reports
-
-class ScaledConv(nn.Module):
-    """A layer that is more than its weight: 2 * conv(x, weight)."""
-
-    def __init__(self, c_in, c_out):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(c_out, c_in, 3, 3) * 0.2)
-        self.stride, self.padding = (1, 1), (1, 1)
-
-    def forward(self, x):
-        return 2 * F.conv2d(x, self.weight, None, 1, 1)
-
-
-def test_weight_is_operator():
-    conv = nn.Conv2d(3, 4, 3, padding=1, stride=2)
-    assert lip.weight_is_operator(conv, (3, 8, 8))
-    sn = torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 4, 3, padding=1))
-    assert lip.weight_is_operator(sn, (3, 8, 8))
-    assert not lip.weight_is_operator(ScaledConv(3, 4), (3, 8, 8))
-    assert not lip.weight_is_operator(nn.Identity(), (3, 8, 8))
-
-
-def _convnet():
-    return build_model("convnet", get_normalizer("vanilla"), num_classes=10, in_channels=3, mean=[0.5] * 3,
-                       std=[0.25] * 3, batchnorm=True, width=0.25)
-
-
-def test_model_report_on_a_convnet():
-    model = _convnet()
-    model.train()
-    bn_before = model.bn1.running_mean.clone()
-    report = lip.model_report(model, (3, 16, 16), power_iters=300, power_tol=1e-9)
-    json.dumps(report, allow_nan=False)  # stored as is in record.json
-    names = [name for name, _ in tagged_convs(model)]
-    rows = report["layers"]
-    assert [r["name"] for r in rows] == names
-    assert model.training and torch.equal(model.bn1.running_mean, bn_before)
-    by_name = {r["name"]: r for r in rows}
-    assert by_name["conv1"]["role"] == "stem" and by_name["conv1"]["in_size"] == [16, 16]
-    assert by_name["layer2.conv1"]["stride"] == [2, 2] and by_name["layer2.conv1"]["out_size"] == [8, 8]
-    assert by_name["layer3.conv2"]["in_size"] == [4, 4]
-    assert by_name["layer3.shortcut.0"]["role"] == "shortcut"
-    for r in rows:
-        assert r["bounds_of"] == "layer"
-        assert r["spectral_norm"] <= r["tn_bound"] * (1 + 1e-5)
-        assert r["exact_circular"] <= r["tn_bound"] * (1 + 1e-5)
-        assert r["tn_bound"] <= r["f4_bound"] * (1 + 1e-5) and r["f4_bound"] <= r["flat_bound"] * (1 + 1e-9)
-        assert r["channel_cond"] >= 1 and r["channel_cond_max"] >= r["channel_cond"]
-        if r["shape"][2] == 1:  # 1x1: flat spectrum per channel
-            assert r["channel_cond"] == pytest.approx(1.0) and r["channel_cond_weight"] == pytest.approx(1.0)
-    # the power-iteration column is the actual layer's norm
-    layer = dict(tagged_convs(model))["layer2.conv1"]
-    dense = float(singular_values(explicit_operator(layer.double(), (4, 16, 16)))[0])
-    layer.float()
-    assert by_name["layer2.conv1"]["spectral_norm"] == pytest.approx(dense, rel=1e-3)
-    norms = [r["spectral_norm"] for r in rows]
-    assert report["lip_product_log10"] == pytest.approx(sum(math.log10(v) for v in norms))
-    assert report["mean_layer_spectral_norm"] == pytest.approx(sum(norms) / len(norms))
-    text = lip.format_report(report)
-    assert "layer3.shortcut.0" in text and "lip_product_log10" in text
-
-
-def test_model_report_marks_weight_only_bounds():
-    model = nn.Sequential(ScaledConv(3, 4))
-    model[0].conv_role = "plain"
-    report = lip.model_report(model, (3, 8, 8), power_iters=500, power_tol=1e-10)
-    row = report["layers"][0]
-    assert row["bounds_of"] == "weight" and row["exact_circular"] is None
-    # the layer is twice its weight's conv: the power column sees that
-    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
-    conv.weight.data.copy_(model[0].weight.data)
-    plain = float(singular_values(explicit_operator(conv.double(), (3, 8, 8)))[0])
-    assert row["spectral_norm"] == pytest.approx(2 * plain, rel=1e-4)
-
-
-# ---------------------------------------------------------- table 9 and plot
-
-def _record(normalizer, seed, conds, batchnorm=True, status="finished"):
-    return {"status": status, "normalizer": normalizer, "normalizer_options": {}, "batchnorm": batchnorm,
-            "dataset": "cifar10", "arch": "convnet", "train_method": "free", "train_eps": 8 / 255, "seed": seed,
-            "lipschitz": {"layers": [{"name": f"l{i}", "channel_cond": c} for i, c in enumerate(conds)]}}
-
-
-def test_table9_mean_improvement_over_vanilla():
-    records = [
-        _record("vanilla", 0, [4.0, 6.0]), _record("vanilla", 1, [6.0, 8.0]),   # mean per layer: 5, 7
-        _record("convnorm", 0, [1.0, 1.0]), _record("convnorm", 1, [2.0, 1.0]),   # (4+6)/2=5 ; (3+6)/2=4.5
-        _record("sn", 0, [5.0, 7.0]),                                             # 0
-        _record("oni", 0, [1.0, 1.0], status="failed"),                           # ignored
-    ]
-    rows = {r["normalizer"]: r for r in lip.table9(records)}
-    assert set(rows) == {"convnorm+BN", "sn+BN"}
-    assert rows["convnorm+BN"]["mean_improvement"] == pytest.approx(4.75)
-    assert rows["convnorm+BN"]["runs"] == 2
-    assert rows["convnorm+BN"]["std"] == pytest.approx(math.sqrt(0.125))
-    assert rows["sn+BN"]["mean_improvement"] == pytest.approx(0.0)
-    ratio = {r["normalizer"]: r for r in lip.table9(records, mode="log_ratio")}
-    want = (math.log10(5 / 1) + math.log10(7 / 1) + math.log10(5 / 2) + math.log10(7 / 1)) / 4
-    assert ratio["convnorm+BN"]["mean_improvement"] == pytest.approx(want)
-    assert "convnorm+BN" in lip.format_table9(lip.table9(records))
-    # a key only some layers have falls back to channel_cond elsewhere
-    records[2]["lipschitz"]["layers"][0]["channel_cond_preaffine"] = 1.0
-    records[2]["lipschitz"]["layers"][0]["channel_cond"] = 3.0
-    pre = {r["normalizer"]: r for r in lip.table9(records, key="channel_cond_preaffine")}
-    assert pre["convnorm+BN"]["mean_improvement"] == pytest.approx(4.75)
-    assert {r["normalizer"]: r for r in lip.table9(records)}["convnorm+BN"]["mean_improvement"] == pytest.approx(4.25)
-
-
-def test_table9_cli_reads_a_results_directory(tmp_path, capsys):
-    records = [_record("vanilla", 0, [4.0, 6.0]), _record("convnorm", 0, [1.0, 1.0])]
-    for i, rec in enumerate(records):
-        d = tmp_path / "runs" / f"run{i}"
-        d.mkdir(parents=True)
-        (d / "record.json").write_text(json.dumps(rec))
-    assert lip.main([str(tmp_path), "--table9"]) == 0
-    out = capsys.readouterr().out
-    assert "| cifar10 | convnet | free | convnorm+BN | 4.000 | 0.000 | 1 |" in out
-
-
-def test_plot_layer_norms_writes_png(tmp_path):
-    report = {"layers": [{"name": "a", "spectral_norm": 1.0}, {"name": "b", "spectral_norm": 2.0}]}
-    path = lip.plot_layer_norms(report, tmp_path / "one.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    path = lip.plot_layer_norms({"vanilla": report, "sn": report}, tmp_path / "sub" / "two.png")
-    assert path.stat().st_size > 1000
 
 
 # ------------------------------------------------- every registered normalizer
@@ -438,52 +309,3 @@ def test_power_iteration_on_every_normalizer_layer_matches_its_dense_operator(na
         dense = explicit_operator(lambda x: layer(x) - zero, (3, 8, 8), dtype=torch.float32)
     want = float(singular_values(dense)[0])
     assert lip.layer_spectral_norm(layer, (3, 8, 8), n_iter=2000, tol=1e-9) == pytest.approx(want, rel=2e-4)
-
-
-# ------------------------------------------------------------------------ CLI
-
-def test_cli_prints_the_table_of_a_saved_model(tmp_path, capsys):
-    checkpoints = pytest.importorskip("robustbench_convnorm.checkpoints")
-    if not hasattr(checkpoints, "load_model"):
-        pytest.skip("robustbench_convnorm.checkpoints.load_model is not there yet")
-    from robustbench_convnorm.builders import build_run_model
-    from robustbench_convnorm.config import config_from_dict, expand_grid, load_raw, to_dict
-
-    raw = load_raw(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
-    raw["normalizers"] = [{"name": "tn"}]
-    raw["model"]["width"] = 0.25
-    cfg = expand_grid(config_from_dict(raw))[0].config
-    meta = {"num_classes": 10, "in_channels": 1, "image_size": [8, 8], "mean": [0.3], "std": [0.3]}
-    model = build_run_model(cfg, meta)
-    path = tmp_path / "checkpoint.pt"
-    # the layout training/loop.py writes (only the keys load_model reads)
-    checkpoints.save_atomic({"model": model.state_dict(), "run_config": to_dict(cfg), "model_meta": meta}, path)
-    out_json, out_png = tmp_path / "lip.json", tmp_path / "lip.png"
-    assert lip.main([str(path), "--power-iters", "50", "--json", str(out_json), "--plot", str(out_png)]) == 0
-    text = capsys.readouterr().out
-    assert "input shape [1, 8, 8], from the checkpoint" in text
-    assert "layer3.shortcut.0" in text and "lip_product_log10" in text
-    report = json.loads(out_json.read_text())
-    assert len(report["layers"]) == 9 and report["input_shape"] == [1, 8, 8]
-    assert out_png.read_bytes()[:4] == b"\x89PNG"
-
-
-def test_model_report_convnorm_pre_affine_condition_is_near_one():
-    torch.manual_seed(0)
-    norm = get_normalizer("convnorm")
-    model = nn.Sequential(norm.conv(3, 6, 3, padding=1), nn.ReLU(), norm.conv(6, 8, 3, stride=2, padding=1))
-    for m in model:
-        if hasattr(m, "affine"):
-            m.conv_role = "plain"
-            with torch.no_grad():
-                m.affine.weight.uniform_(-1, 1)  # a non-trivial learnable affine
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(4, 3, 16, 16))
-    affines = [m.affine for m in model if hasattr(m, "affine")]
-    rows = lip.model_report(model, (3, 16, 16))["layers"]
-    assert [m.affine for m in model if hasattr(m, "affine")] == affines  # put back
-    for r in rows:
-        assert r["bounds_of"] == "weight" and r["exact_circular"] is None
-        assert 1.0 <= r["channel_cond_preaffine"] < 1.3      # ConvNorm: channels are (nearly) tight frames
-        assert r["channel_cond"] > 1.5 * r["channel_cond_preaffine"]  # the affine reshapes the spectrum

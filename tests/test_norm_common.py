@@ -113,6 +113,7 @@ def test_train_step_eval_and_state_dict_round_trip(name, arch, batchnorm):
     _train_eval_roundtrip(name, arch, batchnorm, torch.device("cpu"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("name", BUILTIN)
 def test_on_cuda(name):

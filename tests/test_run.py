@@ -53,7 +53,7 @@ def records(out_dir):
 
 
 def comparable(rec):
-    drop = {"timings", "created", "git_sha", "config", "evaluations"}
+    drop = {"timings", "created", "git_sha", "config", "evaluations", "worker"}
     out = {k: v for k, v in rec.items() if k not in drop}
     out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
                           for k, v in rec["evaluations"].items()}
@@ -140,6 +140,8 @@ def test_nan_fails_that_run_and_the_grid_goes_on(tmp_path, capsys):
     assert ckpt["epoch"] == 1                                      # the last good checkpoint is kept
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert (tmp_path / "nan" / "leaderboard.csv").exists()
+    summary = capsys.readouterr().out.split("done: ", 1)[1]          # the console says why, not just "1 not"
+    assert f"failed: {bomb['run_id']}: non-finite training loss" in summary
 
 
 def test_same_seed_same_record_and_eval_only_reproduces(tmp_path):

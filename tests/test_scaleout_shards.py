@@ -188,7 +188,7 @@ def test_leaderboard_is_built_once_per_set_of_records(tmp_path):
     lock_dir = out / merge.LOCK_DIR
     held = lock.acquire(lock_dir, owner="another builder")
     messages = []
-    assert merge.build_once(out, build=build, wait_seconds=0.3, log=messages.append) is None
+    assert merge.build_once(out, build=build, wait_seconds=0.3, warn=messages.append) is None
     assert "being worked on" in messages[-1] and len(builds) == 2                    # never two builds at once
     held.release()
 

@@ -26,25 +26,25 @@ FAST_CPU = SpeedConfig(channels_last="on", cudnn_benchmark="off", optimizer="for
 TOLERANCE = 1e-4
 
 
-def free_trainer(normalizer, switches: SpeedConfig, *, width=0.25, batch=6, seed=0):
+def free_trainer(normalizer, switches: SpeedConfig, *, width=0.25, batch=6, seed=0, device=CPU):
     torch.manual_seed(seed)
     norm = get_normalizer(normalizer)
     model = build_model("convnet", norm, num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
-                        batchnorm=False, width=width)
-    resolved = speed.resolve(switches, CPU)
+                        batchnorm=False, width=width).to(device)
+    resolved = speed.resolve(switches, device)
     forward = speed.prepare_model(model, resolved, log=lambda *_: None)
     cfg = TrainConfig(method="free", batch_size=batch, lr=0.05, replays=2, eps=8 / 255, schedule="constant")
     opt = make_optimizer(model, cfg, resolved.optimizer)
     sched = make_scheduler(opt, cfg, steps_per_epoch=100)
-    method = METHODS.get("free")(cfg, model, opt, sched, lambda: norm.penalty(model), autocast_for("off", CPU), CPU,
-                                 forward=forward)
+    method = METHODS.get("free")(cfg, model, opt, sched, lambda: norm.penalty(model), autocast_for("off", device),
+                                 device, forward=forward)
     return model, method
 
 
-def batches(n=3, batch=6, size=12, seed=1):
+def batches(n=3, batch=6, size=12, seed=1, device=CPU):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
-            for _ in range(n)]
+    return [(torch.rand(batch, 3, size, size, generator=g).to(device),
+             torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(n)]
 
 
 def max_rel_diff(model_a, model_b):
@@ -126,6 +126,25 @@ def test_auto_resolves_through_the_measured_table_and_on_off_override_it():
     # cudnn autotuning means nothing on a CPU
     assert speed.resolve(SpeedConfig(cudnn_benchmark="on"), CPU).cudnn_benchmark is False
     assert speed.resolve(SpeedConfig(), torch.device("cuda")).as_dict() == speed.MEASURED_DEFAULTS["cuda"]
+
+
+def test_unmeasured_cuda_switches_are_pytorchs_own_defaults():
+    """No GPU has measured the switches, so CUDA's table is what PyTorch does
+    by itself there: SGD's foreach kernel (torch picks it for CUDA tensors),
+    no channels_last, autotuning, compile or autocast; not the slow loop."""
+    cuda = torch.device("cuda")
+    assert speed.MEASURED_DEFAULTS["cuda"] == speed.TORCH_DEFAULTS["cuda"]
+    auto = speed.resolve(SpeedConfig(), cuda, "vanilla")
+    assert auto.optimizer == "foreach"
+    assert not (auto.channels_last or auto.cudnn_benchmark or auto.compile)
+    assert speed.AMP_AUTO["cuda"] is False
+    assert speed.TORCH_DEFAULTS["cpu"]["optimizer"] == "for_loop" == speed.MEASURED_DEFAULTS["cpu"]["optimizer"]
+    # torch's own rule: foreach where it has foreach kernels for the device (torch.optim.SGD, foreach=None)
+    from torch.optim.optimizer import _get_foreach_kernels_supported_devices
+
+    supported = _get_foreach_kernels_supported_devices()
+    for device, table in speed.TORCH_DEFAULTS.items():
+        assert table["optimizer"] == ("foreach" if device in supported else "for_loop")
 
 
 def test_speed_section_parses_yaml_on_off_and_stays_out_of_the_run_id():
@@ -271,3 +290,50 @@ def test_amp_auto_follows_the_measured_table(measured, monkeypatch):
         assert torch.is_autocast_enabled("cpu")
     with autocast_for("off", CPU)():
         assert not torch.is_autocast_enabled("cpu")
+
+
+# ------------------------------------------------------------------ on a GPU
+CUDA = torch.device("cuda")
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+@contextlib.contextmanager
+def true_fp32():
+    """TF32 off: conv algorithms of the two paths then differ by fp32 rounding only."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("normalizer", ["vanilla", "convnorm", "cayley", "ocnn"])
+def test_cuda_defaults_train_like_the_plain_path(normalizer):
+    """What ``speed: auto`` gives on CUDA (foreach SGD, and whatever a GPU
+    check turns on) trains like the plain path there."""
+    with true_fp32():
+        plain_model, plain = free_trainer(normalizer, PLAIN, device=CUDA)
+        auto_model, auto = free_trainer(normalizer, SpeedConfig(), device=CUDA)
+        for x, y in batches(device=CUDA):
+            plain.train_batch(x, y)
+            auto.train_batch(x, y)
+    assert max_rel_diff(plain_model, auto_model) <= TOLERANCE
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_every_sgd_kernel_invalidates_weight_caches_on_cuda(impl):
+    """As on the CPU: ConvNorm's cached filter must follow every SGD kernel's update."""
+    models = []
+    with true_fp32():
+        for kernel in ("for_loop", impl):
+            model, method = free_trainer("convnorm", SpeedConfig(**{**PLAIN.__dict__, "optimizer": kernel}),
+                                         device=CUDA)
+            for x, y in batches(n=3, device=CUDA):
+                method.train_batch(x, y)
+            models.append(model)
+    assert max_rel_diff(*models) <= 1e-5

@@ -43,6 +43,8 @@ class ImageData:
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
 
     def check(self) -> "ImageData":
+        if self.num_classes < 2:
+            raise DataError(f"{self.name}: {self.num_classes} class(es); a classifier needs at least two")
         for split, (x, y) in {"train": (self.train_x, self.train_y), "test": (self.test_x, self.test_y)}.items():
             if x.dtype != torch.uint8 or x.dim() != 4:
                 raise DataError(f"{self.name}: {split} images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
@@ -50,6 +52,11 @@ class ImageData:
                 raise DataError(f"{self.name}: {split} labels must be int64 of length {x.shape[0]}")
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise DataError(f"{self.name}: {split} labels outside 0..{self.num_classes - 1}")
+        missing = sorted(set(torch.unique(self.train_y).tolist()) - set(torch.unique(self.test_y).tolist()))
+        if missing:
+            names = [self.classes[i] for i in missing]
+            raise DataError(f"{self.name}: the test split has no example of class(es) {names}, which train "
+                            f"has; robust accuracy would not cover them: add test examples")
         return self
 
 

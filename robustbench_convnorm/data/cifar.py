@@ -5,6 +5,11 @@
 
 Missing files are downloaded through torchvision when it is installed and the
 network allows; otherwise one error says where to put them.
+
+The files are pickles, and a pickle can name any Python callable to run while
+it is read. They are read with an unpickler that admits only what these files
+hold (dicts, lists, strings and numpy arrays), so a crafted file is refused,
+named, and never runs code.
 """
 from __future__ import annotations
 
@@ -25,9 +30,43 @@ _LAYOUT = {
 DEFAULT_ROOT = "data"
 
 
-def _unpickle(path: Path):
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+#: the globals a CIFAR batch pickle refers to: numpy's array and scalar
+#: reconstruction (old and numpy-2 module names) and the codec protocol 2 uses for bytes
+_ALLOWED_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
+def _unpickle(path: Path, what: str = "cifar"):
+    """A CIFAR pickle, read without running anything it names (see above)."""
+    try:
+        with open(path, "rb") as f:
+            obj = _BatchUnpickler(f, encoding="latin1").load()
+    except _Refused as err:
+        raise DataError(f"{what}: {path} refers to {err}, which a CIFAR file never holds; it was not read "
+                        f"(it may be crafted to run code). Replace it with the file from the official "
+                        f"tarball") from None
+    except Exception as err:  # EOFError, UnpicklingError, ValueError... from a damaged file
+        raise DataError(f"{what}: {path} cannot be read ({err.__class__.__name__}: {err}); it is truncated "
+                        f"or damaged: replace it with the file from the official tarball") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{what}: {path} holds a {type(obj).__name__}, not the dict of a CIFAR file; replace it")
+    return obj
 
 
 def _missing(folder: Path, files):
@@ -65,17 +104,26 @@ def load_cifar(name: str, root, download: bool) -> ImageData:
             f"tarball), or set data.root to where it is. Automatic download: {why or 'did not produce the files'}."
         )
 
+    def field(d, key, path):
+        if key not in d:
+            raise DataError(f"{name}: {path} has no '{key}' entry; it is not a {name.upper()} file: replace it")
+        return d[key]
+
     def read(files):
         xs, ys = [], []
         for f in files:
-            d = _unpickle(folder / f)
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[labels_key], dtype=np.int64))
+            d = _unpickle(folder / f, name)
+            try:
+                xs.append(np.asarray(field(d, "data", folder / f), dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(field(d, labels_key, folder / f), dtype=np.int64))
+            except (TypeError, ValueError) as err:
+                raise DataError(f"{name}: {folder / f} does not hold 32x32 RGB images and labels ({err}); "
+                                f"replace it") from None
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     train_x, train_y = read(train_files)
     test_x, test_y = read(test_files)
-    classes = list(_unpickle(folder / meta_file)[names_key])
+    classes = [str(c) for c in field(_unpickle(folder / meta_file, name), names_key, folder / meta_file)]
     return ImageData(train_x, train_y, test_x, test_y, classes, name=name)
 
 

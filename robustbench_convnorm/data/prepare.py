@@ -37,7 +37,7 @@ def prepare_data(data_cfg, seed: int, full: ImageData = None) -> ImageData:
     """Apply the config's subset, noise and split to the source's data (loaded
     here unless ``full`` is given; ``full`` itself is left unchanged)."""
     data = dataclasses.replace(full if full is not None else load_full(data_cfg))
-    g = torch.Generator().manual_seed(10_007 * seed + 1)
+    g = torch.Generator().manual_seed((10_007 * seed + 1) % 2 ** 64)  # any 64-bit seed; small ones unchanged
     index = torch.arange(len(data.train_y))
     if data_cfg.val_size:
         if data_cfg.val_size >= len(index):

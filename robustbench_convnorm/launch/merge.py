@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -74,7 +75,12 @@ def _build(output_dir: Path) -> Dict[str, str]:
     return {k: str(v) for k, v in (build_leaderboard(output_dir) or {}).items()}
 
 
-def build_once(output_dir, *, log: Callable[[str], None] = print, wait_seconds: float = WAIT_SECONDS,
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def build_once(output_dir, *, log: Callable[[str], None] = print, warn: Callable[[str], None] = _warn,
+               wait_seconds: float = WAIT_SECONDS,
                build: Callable[[Path], Dict[str, str]] = _build) -> Optional[Dict[str, str]]:
     """Build the leaderboard of ``output_dir`` under its leaderboard lock,
     unless the last build read exactly these records. Returns the written
@@ -91,7 +97,7 @@ def build_once(output_dir, *, log: Callable[[str], None] = print, wait_seconds: 
             break
         except RunLocked as err:
             if time.monotonic() > deadline:
-                log(f"leaderboard not built: {err}; rebuild it with "
+                warn(f"leaderboard not built: {err}; rebuild it with "
                     f"python -m robustbench_convnorm.leaderboard {output_dir}")
                 return None
             time.sleep(0.5)
@@ -108,7 +114,7 @@ def build_once(output_dir, *, log: Callable[[str], None] = print, wait_seconds: 
         try:
             paths = build(output_dir)
         except Exception as err:  # the records are the truth; a table can be rebuilt later
-            log(f"leaderboard not built: {err.__class__.__name__}: {err}")
+            warn(f"leaderboard not built: {err.__class__.__name__}: {err}")
             return None
         atomic.write_json(lock_dir / STAMP, {
             "fingerprint": fingerprint, "paths": paths,

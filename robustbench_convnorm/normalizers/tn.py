@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .. import lipschitz as lip
+from ..lipschitz import tensor_norms as lip
 from .base import Normalizer
 from .registry import register_normalizer
 

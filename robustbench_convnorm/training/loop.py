@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import atomic, distributed
-from ..checkpoints import load_checkpoint, restore_rng_states, rng_states, save_atomic
+from ..checkpoints import check_run_config, restore_rng_states, rng_states, save_checkpoint
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
 from ..speed import make_sgd, uses_bf16
@@ -40,6 +40,8 @@ class TrainResult:
     train_seconds: float
     log: List[Dict[str, Any]] = field(default_factory=list)
     error: Optional[Dict[str, Any]] = None
+    checkpoint_epoch: int = 0        # the epoch whose checkpoint is on disk (0: none)
+    notes: List[str] = field(default_factory=list)  # checkpoints set aside or fallen back from
 
     @property
     def seconds_per_epoch(self) -> Optional[float]:
@@ -109,10 +111,13 @@ def write_log(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
 
 
 def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=print, forward=None,
-              optimizer_impl: str = "for_loop") -> TrainResult:
-    """Train ``model`` as ``spec`` says, resuming from ``run_dir/checkpoint.pt``.
-    ``forward`` computes the model's output (default: the model itself; the
-    fast path may pass a compiled one); ``optimizer_impl`` picks SGD's kernel."""
+              optimizer_impl: str = "for_loop", guard: Optional[Callable[[], None]] = None) -> TrainResult:
+    """Train ``model`` as ``spec`` says, resuming from the newest good checkpoint
+    in ``run_dir`` (checkpoints.load_latest). ``forward`` computes the model's
+    output (default: the model itself; the fast path may pass a compiled
+    one); ``optimizer_impl`` picks SGD's kernel; ``guard()`` runs before every
+    write to ``run_dir`` and raises to stop a worker that lost the run's lock."""
+    guard = guard or (lambda: None)
     cfg = spec.config
     tc = cfg.train
     run_dir = Path(run_dir)
@@ -137,8 +142,14 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
     rows: List[Dict[str, Any]] = []
     start_epoch, train_seconds = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
-    if distributed.agree(resume and ckpt_path.exists()):  # rank 0 decides for every rank
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+    ckpt, notes = None, []
+    if resume:
+        # rank 0 picks the newest good checkpoint (setting damaged ones aside); under DDP
+        # every rank loads the one it picked
+        ckpt, used, notes = distributed.load_latest(ckpt_path, map_location=device, log=log)
+        if ckpt is not None:
+            check_run_config(ckpt, cfg, used)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -146,20 +157,26 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         batches.set_state(ckpt["batches_rng"])
         restore_rng_states(ckpt["rng"], device)
         start_epoch, train_seconds, rows = ckpt["epoch"], ckpt["train_seconds"], list(ckpt["log"])
-        log(f"  resuming from epoch {start_epoch}/{tc.epochs} ({ckpt_path})")
+        log(f"  resuming from epoch {start_epoch}/{tc.epochs} ({used})")
+    saved_epoch = start_epoch  # whose checkpoint is on disk: what Ctrl-C or a NaN leaves to resume from
 
     def checkpoint(epoch: int, finished: bool):
-        save_atomic({
+        nonlocal saved_epoch
+        save_checkpoint({
             "format": 1, "epoch": epoch, "finished": finished, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "batches_rng": batches.state(), "rng": rng_states(device),
             "log": rows, "train_seconds": train_seconds, "run_config": to_dict(cfg), "model_meta": meta,
-        }, ckpt_path)
+        }, ckpt_path, guard=guard)
+        saved_epoch = epoch
+
+    def result(status, done, error=None):
+        return TrainResult(status, done, train_seconds, rows, error, saved_epoch, notes)
 
     if start_epoch >= tc.epochs:
         if not ckpt_path.exists():
             checkpoint(start_epoch, True)
-        return TrainResult("finished", start_epoch, train_seconds, rows)
+        return result("finished", start_epoch)
     epochs_this_process = 0
     epoch = start_epoch
     try:
@@ -181,15 +198,16 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             loss = float(loss_sum) / seen      # the one host synchronisation of the epoch
             seconds = time.perf_counter() - t0
             if not math.isfinite(loss):
-                reason = (f"non-finite training loss ({loss}) in epoch {epoch + 1}; the last good "
-                          f"checkpoint is epoch {epoch}. Lower train.lr or check the normalizer.")
-                return TrainResult("failed", epoch, train_seconds, rows, {"epoch": epoch + 1, "reason": reason})
+                reason = (f"non-finite training loss ({loss}) in epoch {epoch + 1}; {_kept(saved_epoch)}. "
+                          f"Lower train.lr or check the normalizer.")
+                return result("failed", epoch, {"epoch": epoch + 1, "reason": reason})
             train_seconds += seconds
             val_clean, val_pgd, source = validate(model, subset, tc, max(tc.batch_size, 256))
             row = {"epoch": epoch + 1, "loss": loss, "train_acc": 100.0 * float(correct) / seen, "lr": lr,
                    "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else None,
                    "val_clean_acc": val_clean, "val_pgd_acc": val_pgd, "val_source": source}
             rows.append(row)
+            guard()
             write_log(run_dir, rows)
             log("  epoch {epoch}/{total}: loss {loss:.4f}  train acc {acc:.2f}%  lr {lr:.4g}  {sec:.1f}s"
                 .format(epoch=epoch + 1, total=tc.epochs, loss=loss, acc=row["train_acc"], lr=lr, sec=seconds)
@@ -203,11 +221,19 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             epochs_this_process += 1
             if tc.stop_after_epochs is not None and epochs_this_process >= tc.stop_after_epochs \
                     and done < tc.epochs:
-                return TrainResult("stopped", done, train_seconds, rows)
+                return result("stopped", done, {"epoch": done, "reason": f"stopped after {epochs_this_process} "
+                                                 f"epoch(s) as train.stop_after_epochs asks; rerun to continue"})
     except KeyboardInterrupt:
         last = rows[-1]["epoch"] if rows else 0
-        log(f"\n  interrupted in epoch {epoch + 1}; the checkpoint of epoch {last} is kept: "
-            f"rerun the same command (or --resume) to continue")
-        return TrainResult("interrupted", last, train_seconds, rows,
-                           {"epoch": epoch + 1, "reason": "interrupted (Ctrl-C)"})
-    return TrainResult("finished", tc.epochs, train_seconds, rows)
+        log(f"\n  interrupted in epoch {epoch + 1}; {_kept(saved_epoch)}: rerun the same command to continue")
+        return result("interrupted", last, {"epoch": epoch + 1, "reason": "interrupted (Ctrl-C)",
+                                            "checkpoint_epoch": saved_epoch})
+    return result("finished", tc.epochs)
+
+
+def _kept(saved_epoch: int) -> str:
+    """What a stopped run resumes from (with checkpoint_every > 1 it may be
+    older than the last epoch trained)."""
+    if saved_epoch:
+        return f"the checkpoint of epoch {saved_epoch} is kept and a rerun resumes from it"
+    return "no checkpoint was written yet, so a rerun starts from epoch 0"

@@ -1,0 +1,73 @@
+"""Where the CIFAR-10 JPEG copy is, and a tiny copy of it for rehearsals.
+
+The copy is two zips, ``train.zip`` and ``test.zip``, in the image-folder
+layout ``<split>/<class>/<image>.jpg`` that the ``imagefolder`` data source
+reads (CIFAR-10 re-encoded as JPEG at quality 75; results on it are labelled
+as that copy). The benchmarks look for it in the git-ignored ``.data/`` folder
+of the checkout, where ``python -m benchmarks.gpu_prep`` puts it so that it
+travels to a lent GPU machine with the checkout; ``--data DIR`` points
+elsewhere.
+"""
+from __future__ import annotations
+
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+#: where the copy is looked for when no folder is given
+DEFAULT = ROOT / ".data" / "cifar10-jpeg"
+SPLITS = ("train", "test")
+#: data.options of every run on this copy: results are labelled as the JPEG copy
+OPTIONS = {"name": "cifar10-jpeg", "note": "CIFAR-10 as JPEG (quality 75), not the official pickled data"}
+
+
+def has_zips(folder: Path) -> bool:
+    return all((Path(folder) / f"{split}.zip").is_file() for split in SPLITS)
+
+
+def find(folder: Optional[str] = None) -> Optional[Path]:
+    """The folder holding train.zip and test.zip: ``folder`` if given (an error
+    if it lacks them), else ``DEFAULT`` if it has them, else None."""
+    if folder:
+        path = Path(folder)
+        if not has_zips(path):
+            raise FileNotFoundError(f"{path} does not hold train.zip and test.zip of the CIFAR-10 JPEG copy")
+        return path
+    return DEFAULT if has_zips(DEFAULT) else None
+
+
+def tiny_copy(source: Path, target: Path, per_class: Dict[str, int]) -> Path:
+    """Zips with the first ``per_class[split]`` images of each class of each
+    split (stored, like the originals): real JPEGs in the real layout, few
+    enough that a CPU rehearsal decodes them in a moment."""
+    target.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        taken = defaultdict(int)
+        with zipfile.ZipFile(Path(source) / f"{split}.zip") as src, \
+                zipfile.ZipFile(target / f"{split}.zip", "w", zipfile.ZIP_STORED) as dst:
+            for info in sorted(src.infolist(), key=lambda i: i.filename):
+                parts = Path(info.filename).parts
+                if info.is_dir() or len(parts) < 3 or parts[-3] != split:
+                    continue
+                if taken[parts[-2]] < per_class[split]:
+                    taken[parts[-2]] += 1
+                    dst.writestr(info.filename, src.read(info))
+    return target
+
+
+def data_section(data: Optional[Path], train_fraction: float = 1.0, cache: bool = True) -> Dict:
+    """The config's data section: the JPEG copy in ``data`` (a class-stratified
+    ``train_fraction`` of its training images), or, when ``data`` is None,
+    512 generated 32x32 images of 10 classes (times ``train_fraction``)."""
+    augment = {"crop_padding": 4, "flip": True}
+    if data is None:
+        return {"source": "synthetic", "augment": augment,
+                "options": {"n_train": max(10, round(512 * train_fraction)), "n_test": 256, "num_classes": 10,
+                            "size": 32}}
+    section = {"source": "imagefolder", "root": str(data), "options": {**OPTIONS, "cache": cache},
+               "augment": augment}
+    if train_fraction < 1.0:
+        section["train_fraction"] = train_fraction
+    return section

@@ -1,0 +1,80 @@
+"""Intervals and tests for accuracies measured on a finite test set.
+
+- One run: an accuracy of k correct out of n examples gets the Wilson score
+  interval (it stays inside [0, 100] and behaves at 0 % and 100 %, where the
+  normal approximation does not).
+- Several seeds: the interval is the seed spread, mean ± t(1 - alpha/2, k - 1)
+  · std / sqrt(k), the usual t interval for the mean over training seeds.
+- Two models on the same examples: the exact McNemar test. Only the discordant
+  examples (one model right, the other wrong) carry information; under "no
+  difference" each is equally likely to go either way, so their split is
+  Binomial(b + c, 1/2). Discordant counts of several seeds add up (each
+  example of each seed is one independent pair under the null hypothesis).
+- Two rates measured on different examples (SimBA attacks the images each
+  model classifies correctly): Fisher's exact test on the 2x2 counts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import stats as _st
+
+ALPHA = 0.05
+
+__all__ = ["ALPHA", "wilson_interval", "seed_interval", "mcnemar_exact", "fisher_rates", "PairTest"]
+
+
+def wilson_interval(percent: float, n: float, alpha: float = ALPHA) -> Tuple[float, float]:
+    """Wilson score interval, in percent, for ``percent`` % of ``n`` examples."""
+    if n is None or not n > 0 or percent is None or math.isnan(percent):
+        return math.nan, math.nan
+    p = min(max(percent / 100.0, 0.0), 1.0)
+    z = float(_st.norm.ppf(1 - alpha / 2))
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return 100.0 * max(centre - half, 0.0), 100.0 * min(centre + half, 1.0)
+
+
+def seed_interval(values: Sequence[float], alpha: float = ALPHA) -> Tuple[float, float]:
+    """t interval of the mean over seeds; NaN with fewer than two values."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = float(_st.t.ppf(1 - alpha / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
+    if b + c == 0:
+        return 1.0
+    return float(_st.binomtest(int(b), int(b + c), 0.5).pvalue)
+
+
+def fisher_rates(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided Fisher exact p-value for k1/n1 against k2/n2 (unpaired)."""
+    if min(n1, n2) <= 0:
+        return math.nan
+    return float(_st.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+
+
+@dataclass
+class PairTest:
+    """A model's comparison with the model ranked just above it."""
+
+    p: float = math.nan
+    test: str = ""  # "McNemar exact" | "Fisher exact" | ""
+    detail: str = ""  # what was compared, or why nothing was
+    tied: Optional[bool] = None  # None: not tested
+
+    @classmethod
+    def untested(cls, why: str) -> "PairTest":
+        return cls(detail=why)
+
+    @classmethod
+    def of(cls, p: float, test: str, detail: str, alpha: float = ALPHA) -> "PairTest":
+        return cls(p=p, test=test, detail=detail, tied=bool(p >= alpha))

@@ -1,0 +1,81 @@
+"""--eval-only never destroys a finished result: the new record is built in
+memory and replaces record.json and per_example.csv only when complete; a
+failure or Ctrl-C leaves them as they were and the console says so; a
+checkpoint copied in from another configuration is refused, naming both."""
+import shutil
+
+import pytest
+
+from integrity_common import run_dirs, write_config
+from robustbench_convnorm import run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """vanilla and ocnn (same weight layout), trained and evaluated once."""
+    base = tmp_path_factory.mktemp("trained")
+    cfg = write_config(base, "out", normalizers=[{"name": "vanilla"}, {"name": "ocnn"}], train__epochs=1)
+    assert run.main([str(cfg)]) == 0
+    return cfg, base / "out"
+
+
+@pytest.fixture
+def copy_of(trained, tmp_path):
+    """A private copy of the trained output; ``args`` runs the CLI on it."""
+    cfg, out = trained
+    mine = tmp_path / "out"
+    shutil.copytree(out, mine)
+    return lambda *args: run.main([str(cfg), "--set", f"output_dir={mine}", *args]), mine
+
+
+def _results(out):
+    return {d.name: {f: (d / f).read_bytes() for f in ("record.json", "per_example.csv")} for d in run_dirs(out)}
+
+
+def test_a_failing_evaluation_keeps_the_finished_record(copy_of, monkeypatch, capsys):
+    cli, out = copy_of
+    before = _results(out)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the attack crashed")
+    monkeypatch.setattr(run, "evaluate_into", crash)
+    assert cli("--eval-only") == 1
+    assert _results(out) == before
+    shown = capsys.readouterr().out
+    assert "RuntimeError: the attack crashed" in shown and "its record (finished) is unchanged" in shown
+
+
+def test_ctrl_c_during_evaluation_keeps_the_finished_record(copy_of, monkeypatch):
+    cli, out = copy_of
+    before = _results(out)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run, "evaluate_into", ctrl_c)
+    assert cli("--eval-only") == 130
+    assert _results(out) == before
+
+
+def test_a_checkpoint_copied_from_another_configuration_is_refused(copy_of, capsys):
+    cli, out = copy_of
+    vanilla, ocnn = (next(d for d in run_dirs(out) if f"-{name}-" in d.name) for name in ("vanilla", "ocnn"))
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
+        if (ocnn / name).exists():
+            shutil.copy(ocnn / name, vanilla / name)
+    before = _results(out)
+    assert cli("--eval-only", "--only", "vanilla") == 1
+    shown = capsys.readouterr().out
+    assert "normalizers.0.name: 'ocnn' in the checkpoint, 'vanilla' in this run" in shown
+    assert _results(out) == before                                   # vanilla keeps vanilla's numbers
+    # training refuses it too, rather than resuming another model's weights
+    (vanilla / "record.json").unlink()
+    assert cli("--only", "vanilla") == 1
+    assert "'ocnn' in the checkpoint" in capsys.readouterr().out
+    assert (vanilla / "checkpoint.pt").read_bytes() == (ocnn / "checkpoint.pt").read_bytes()  # untouched
+
+
+def test_eval_only_on_an_untrained_run_says_why(tmp_path, capsys):
+    cfg = write_config(tmp_path, "fresh")
+    assert run.main([str(cfg), "--eval-only"]) == 1
+    shown = capsys.readouterr().out
+    assert "there is no good checkpoint" in shown and "train the run first" in shown
