@@ -31,7 +31,7 @@ import torch
 from . import atomic, distributed, launch, speed
 from .config import ConfigError, ConfigWarning, RunSpec, expand_grid, load_config, to_dict
 from .checkpoints import CheckpointError
-from .lock import LOCK_FILE, LockLost, RunLocked, acquire, read_lock, worker_identity
+from .lock import LOCK_FILE, LockLost, RunLocked, read_lock, worker_identity
 from .data import DataError, list_sources, load_full, prepare_data
 from .launch import merge
 from .models import list_models

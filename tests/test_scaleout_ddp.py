@@ -129,7 +129,7 @@ def test_sync_batchnorm_on_the_cpu_is_one_clear_error(tmp_path, capsys, monkeypa
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert run.main([str(cfg), "--sync-batchnorm"]) == 2
     assert "SyncBatchNorm runs on CUDA only" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "runs").exists()
+    assert not list((tmp_path / "out").glob("runs/*"))                       # no run started
     assert run.main([str(cfg), "--launcher", "local", "--dry-run"]) == 2     # launchers start their own ranks
     assert "--launcher under torchrun" in capsys.readouterr().err
 
