@@ -161,6 +161,8 @@ class LocalSlurm:
         """What SLURM does ahead of a preemption or a time limit (sbatch --signal)."""
         _run(["scancel", f"--signal={sig}", job], env=self.env)
 
-    def requeue(self, job: str) -> None:
-        """Kill a running task and put it back in the queue (a hard preemption)."""
+    def kill_and_requeue(self, job: str) -> None:
+        """SIGKILL a running task's processes (a node crash, the OOM killer: no
+        handler runs) and put the task back in the queue."""
+        _run(["scancel", "--signal=KILL", job], env=self.env)
         _run(["scontrol", "requeue", job], env=self.env)

@@ -60,7 +60,7 @@ def test_preempted_and_killed_tasks_resume_from_their_checkpoints(slurm, tmp_pat
     slow = {"source": "synthetic", "options": {"n_train": 1500, "n_test": 40, "size": 8, "num_classes": 4},
             "augment": {"crop_padding": 1, "flip": True}}
     cfg = write_config(tmp_path / "grid.yaml", out, normalizers=[{"name": "vanilla"}, {"name": "sn"}],
-                       data=slow, train__epochs=12, train__val_examples=0)
+                       data=slow, train__epochs=20, train__val_examples=0)
     submitter = submit(slurm, cfg, "--wait")
     deadline = time.monotonic() + 300
     while not (out / "launcher").glob("job-*.json") or not list((out / "launcher").glob("job-*.json")):
@@ -80,9 +80,9 @@ def test_preempted_and_killed_tasks_resume_from_their_checkpoints(slurm, tmp_pat
         assert time.monotonic() < deadline and submitter.poll() is None, finish(submitter)
         time.sleep(0.5)
     preempted, killed = sorted(tasks)
-    assert all(epochs_done(r) < 12 for r in tasks.values()), "the runs finished before the test interrupted them"
+    assert all(epochs_done(r) < 20 for r in tasks.values()), "the runs finished before the test interrupted them"
     slurm.scancel_signal(preempted, "USR2")      # SLURM's warning before preemption or the time limit
-    slurm.requeue(killed)                        # killed outright, back in the queue
+    slurm.kill_and_requeue(killed)               # killed outright, then back in the queue
     code, stdout, stderr = finish(submitter, timeout=900)
     assert code == 0, stdout[-3000:] + stderr[-3000:]
     recs = records(out)
@@ -92,7 +92,7 @@ def test_preempted_and_killed_tasks_resume_from_their_checkpoints(slurm, tmp_pat
     for job, run_id in tasks.items():
         assert "resuming from epoch" in logs[job], logs[job][-2000:]
         rows = (out / "runs" / run_id / "train_log.csv").read_text().splitlines()
-        assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 13))    # each epoch once
+        assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 21))    # each epoch once
     assert leaderboard_runs(out) == set(recs)
     # resumed runs end exactly where an uninterrupted run ends
     straight = tmp_path / "straight"
