@@ -121,6 +121,10 @@ class EvalConfig:
     seed: int = _opt(0, min=0, max=MAX_SEED, doc="fixes which examples are evaluated and the attacks' randomness")
     checks: bool = _opt(True, doc="run the sanity checks (docs/evaluators.md) that produce flags")
     lipschitz: bool = _opt(True, doc="record per-layer spectral norms and bounds")
+    alpha: float = _opt(0.01, min=0.0, max=1.0, min_exclusive=True,
+                        doc="significance level of the paired sanity comparisons (docs/evaluators.md)")
+    threat_model: Optional[Dict[str, Any]] = _opt(None, doc="{eps, norm} of the threat model for worst_case_acc "
+                                                             "(null: the white-box evaluators' commonest eps)")
     evaluators: List[Dict[str, Any]] = _opt(factory=lambda: [{"type": "clean"}],
                                             doc="list of {type: ..., options...}")
 

@@ -306,7 +306,11 @@ def evaluate_into(record: Dict, model, data, spec: RunSpec, device, log, run_dir
         try:
             lip = model_report(model, tuple(data.image_shape))
             record["lipschitz"] = lip
-            plot_layer_norms(lip, run_dir / "layer_norms.png", title=spec.run_id)
+            for warning in lip.get("warnings") or []:
+                log(f"  lipschitz: {warning}")
+            model_name = record["normalizer"] + ("+BN" if record.get("batchnorm") else "")
+            plot_layer_norms(lip, run_dir / "layer_norms.png",
+                             title=f"{model_name} ({record['arch']}), seed {spec.seed}")
             for key in ("lip_product_log10", "mean_layer_spectral_norm"):
                 if key in lip:
                     record["metrics"][key] = lip[key]

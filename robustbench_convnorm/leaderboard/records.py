@@ -111,6 +111,8 @@ def _key_eps(x: Any) -> Optional[float]:
 
 
 def _seed(x: Any) -> Optional[int]:
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x  # exact: seeds go up to 2**63 - 1, past what a float holds
     v = num(x)
     return None if math.isnan(v) else int(v)
 
