@@ -321,14 +321,18 @@ def _check_lists(cfg: Config, ctx: _Ctx) -> None:
 PIXEL_OPTIONS = ("eps", "step", "alpha", "linf_bound")
 
 
-def _check_pixel(value, path: str, ctx: _Ctx) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return  # not a number: the evaluator's own check names it
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_pixel(value, path: str, ctx: _Ctx, *, warn_large: bool = True) -> None:
+    if not _is_number(value):
+        return  # not a number (or null): the evaluator's own check names it
     if not 0 < value <= 1:
         hint = f"; did you mean {value:g}/255?" if 1 < value <= 255 else ""
         raise ctx.fail(path, f"{value:g} is outside (0, 1]: inputs are in [0, 1], so a radius or step must be "
                              f"> 0 and <= 1{hint}")
-    if value >= 0.5:
+    if value >= 0.5 and warn_large:
         warnings.warn(f"{ctx.source}: {path}: {value:g} is half the pixel range or more (inputs are in [0, 1]); "
                       f"did you mean a fraction of 255 such as 8/255?", ConfigWarning, stacklevel=2)
 
@@ -336,10 +340,13 @@ def _check_pixel(value, path: str, ctx: _Ctx) -> None:
 def _check_radii(cfg: Config, ctx: _Ctx) -> None:
     _check_pixel(cfg.train.eps, "train.eps", ctx)
     _check_pixel(cfg.train.step, "train.step", ctx)
+    # A large eps beside a small one is a sanity point (accuracy must fall to
+    # about chance there), not a typo: warn only when no evaluator has a small eps.
+    small = [ev["eps"] for ev in cfg.eval.evaluators if _is_number(ev.get("eps")) and 0 < ev["eps"] < 0.5]
     for i, ev in enumerate(cfg.eval.evaluators):
         for key in PIXEL_OPTIONS:
             if key in ev:
-                _check_pixel(ev[key], f"eval.evaluators[{i}].{key}", ctx)
+                _check_pixel(ev[key], f"eval.evaluators[{i}].{key}", ctx, warn_large=not small)
 
 
 def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:

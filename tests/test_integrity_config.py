@@ -49,6 +49,15 @@ def test_a_large_eps_warns_once_for_the_whole_grid(tmp_path, capsys):
         config_from_dict({"train": {"eps": 0.6}})
 
 
+def test_a_large_eps_sanity_point_beside_the_threat_model_does_not_warn(recwarn):
+    # PGD at eps 0.5 beside PGD at 8/255 is the "accuracy falls to chance" check, not a typo
+    config_from_dict({"eval": {"evaluators": [{"type": "pgd", "eps": "8/255", "steps": 2},
+                                              {"type": "pgd", "eps": 0.5, "steps": 2, "name": "big"}]}})
+    assert not [w for w in recwarn if issubclass(w.category, ConfigWarning)]
+    with pytest.warns(ConfigWarning):  # alone, the same value still warns
+        config_from_dict({"eval": {"evaluators": [{"type": "pgd", "eps": 0.5, "steps": 2}]}})
+
+
 def test_exponents_are_numbers_everywhere(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: {lr: 1e-3, weight_decay: 5E-4, epochs: 1e1}\n"
