@@ -475,6 +475,16 @@ def make_run_id(cfg: Config) -> str:
     return f"{cfg.data.source}-{cfg.model.arch}-{label}{bn}-{cfg.train.method}-s{cfg.seeds[0]}-{digest}"
 
 
+def _resolved_normalizer_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """Every option the normalizer is built with, defaults included (see
+    Normalizer.resolved_options); an unknown name is left for preflight to name."""
+    from .normalizers.registry import NORMALIZERS
+
+    if name not in NORMALIZERS:
+        return options
+    return NORMALIZERS.get(name).resolved_options(options)
+
+
 def expand_grid(cfg: Config, source: str = "<config>") -> List[RunSpec]:
     """normalizer x seed x every axis in ``grid``; per-normalizer overrides last."""
     base = to_dict(cfg)
@@ -495,6 +505,8 @@ def expand_grid(cfg: Config, source: str = "<config>") -> List[RunSpec]:
             chosen[key] = value
         for key, value in entry.overrides.items():
             set_path(raw, key, value, source=f"{source} (normalizer {entry.name} overrides.{key})")
+        norm = raw["normalizers"][0]
+        norm["options"] = _resolved_normalizer_options(norm["name"], norm["options"])
         run_cfg = config_from_dict(raw, source=source)
         run_cfg.grid = dict(cfg.grid)
         specs.append(RunSpec(run_cfg, run_cfg.normalizers[0], seed, make_run_id(run_cfg), chosen,

@@ -92,3 +92,29 @@ def test_label_and_batchnorm_override_make_distinct_runs():
         {"normalizers": [{"name": "vanilla"}, {"name": "vanilla", "label": "bn", "overrides": {"batchnorm": True}}]}))
     assert [s.config.batchnorm for s in specs] == [False, True]
     assert "-bn-bn-" in specs[1].run_id or "-bn" in specs[1].run_id
+
+
+def test_run_id_follows_the_normalizers_defaults(monkeypatch):
+    # A run trained under an old default must not be taken for one under a new default:
+    # the run id hashes every option the normalizer is built with, defaults included.
+    from robustbench_convnorm.normalizers import convnorm
+
+    def run_id(options):
+        cfg = config_from_dict({"normalizers": [{"name": "convnorm", "options": options}]})
+        spec, = expand_grid(cfg)
+        return spec.run_id, spec.normalizer.options
+
+    plain, options = run_id({})
+    assert options["affine_init"] == "conv_default" and "ramp_steps" in options
+    assert run_id({"affine_init": "conv_default"})[0] == plain       # writing the default changes nothing
+    assert run_id({"affine_init": "identity"})[0] != plain
+    sig = convnorm.ConvNorm.__init__
+    monkeypatch.setattr(convnorm.ConvNorm.__init__, "__kwdefaults__",
+                        {**sig.__kwdefaults__, "affine_init": "identity"})
+    assert run_id({})[0] != plain                                     # a new default, a new run
+
+
+def test_an_option_alias_gives_one_run_id():
+    ids = [expand_grid(config_from_dict({"normalizers": [{"name": "ocnn", "options": {key: 0.001}}]}))[0].run_id
+           for key in ("lam", "lambda")]
+    assert ids[0] == ids[1]

@@ -1,7 +1,8 @@
 """The normalizer interface: a conv-layer factory plus an optional loss penalty."""
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+import inspect
+from typing import Any, Dict, Iterator, Tuple
 
 import torch
 from torch import nn
@@ -31,6 +32,16 @@ class Normalizer:
 
     def describe(self) -> str:
         return self.registered_name
+
+    @classmethod
+    def resolved_options(cls, options: Dict[str, Any]) -> Dict[str, Any]:
+        """The options a run is built with: the given ones over every default of
+        ``__init__``. The run id hashes these, so a run made under an old default
+        is never taken for one made under a new default. A normalizer with
+        option aliases overrides this to name each option one way."""
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+        return {**defaults, **options}
 
 
 #: Where a conv sits in a model; set by model builders as ``module.conv_role``.

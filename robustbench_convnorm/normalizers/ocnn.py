@@ -76,6 +76,13 @@ class OCNN(Normalizer):
         ``conv_role`` (built outside the model builders) are always covered.
     """
 
+    @classmethod
+    def resolved_options(cls, options):
+        options = dict(options)
+        if "lambda" in options and "lam" not in options:  # one spelling in the run id
+            options["lam"] = options.pop("lambda")
+        return super().resolved_options(options)
+
     def __init__(self, *, lam: float = 0.01, layers: str = "reference", **synonyms):
         for key, value in synonyms.items():
             if key == "lambda":
