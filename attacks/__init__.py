@@ -6,9 +6,15 @@ docs/evaluators.md.
 Each attack lives in its own module and registers itself; importing this
 package registers the built-in ones. A new evaluator is one new file using
 ``@register_evaluator``; nothing else changes. See docs/evaluators.md.
+
+The project imports this package as ``robustbench_convnorm.attacks``, a name
+that a user's own attacks.py cannot shadow; ``import attacks`` gives the very
+same modules where it finds this folder (robustbench_convnorm/_attacks_alias.py).
 """
 import importlib
 import pkgutil
+
+import robustbench_convnorm  # noqa: F401  (its import finder makes robustbench_convnorm.attacks this package)
 
 from .base import BatchOutcome, EvalOutcome, Evaluator
 from .registry import EVALUATORS, get_evaluator, list_evaluators, register_evaluator

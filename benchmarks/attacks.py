@@ -43,8 +43,8 @@ import torch
 from benchmarks.common import Table, command_line
 from benchmarks.replay import fill_device_defaults, pick_device, sync
 
-from attacks import get_evaluator
-from attacks.simba import simba_attack
+from robustbench_convnorm.attacks import get_evaluator
+from robustbench_convnorm.attacks.simba import simba_attack
 from robustbench_convnorm.models import build_model
 from robustbench_convnorm.normalizers import get_normalizer
 
