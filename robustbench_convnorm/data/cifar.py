@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .base import DataError, ImageData, register_source
+from .location import DEFAULT_DATA_ROOT, HOW_TO_SET, expand_root
 
 _LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
@@ -27,7 +28,8 @@ _LAYOUT = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels",
                  "CIFAR100"),
 }
-DEFAULT_ROOT = "data"
+#: no data.root: $ROBUSTBENCH_DATA, else data/ under the working directory (location.py)
+DEFAULT_ROOT = DEFAULT_DATA_ROOT
 
 
 #: the globals a CIFAR batch pickle refers to: numpy's array and scalar
@@ -87,22 +89,47 @@ def _try_download(name: str, root: Path) -> str:
     return ""
 
 
+def _missing_message(name: str, folder: Path, missing, why: str) -> str:
+    folder_name = _LAYOUT[name][0]
+    return (f"{name}: files missing under {folder}: {', '.join(missing)}. Put the python-pickle version of "
+            f"{name.upper()} there (the folder {folder_name}/ from the official tarball), or {HOW_TO_SET} "
+            f"(the folder holding {folder_name}/). Automatic download: {why}.")
+
+
+def _root(root) -> Path:
+    return Path(root or expand_root(DEFAULT_ROOT))
+
+
+def locate_cifar(name: str, root, download: bool) -> str:
+    """Where the files are, or that torchvision can download them; else a
+    DataError naming the missing files (nothing is read or downloaded)."""
+    folder_name, train_files, test_files, meta_file = _LAYOUT[name][:4]
+    folder = _root(root) / folder_name
+    missing = _missing(folder, train_files + test_files + [meta_file])
+    if not missing:
+        return f"{name} in {folder}"
+    if not download:
+        raise DataError(_missing_message(name, folder, missing, "off (download: false in the config)"))
+    try:
+        import torchvision  # noqa: F401  (optional extra: pip install robustbench_convnorm[download])
+    except Exception as err:  # ImportError, or a CUDA build that fails to import
+        raise DataError(_missing_message(name, folder, missing, f"impossible, torchvision is not importable "
+                                                                f"({err.__class__.__name__})")) from None
+    return f"{name}: not in {folder} yet; torchvision downloads it there at the first run"
+
+
 def load_cifar(name: str, root, download: bool) -> ImageData:
     folder_name, train_files, test_files, meta_file, names_key, labels_key, _ = _LAYOUT[name]
-    root = Path(root or DEFAULT_ROOT)
+    root = _root(root)
     folder = root / folder_name
     needed = train_files + test_files + [meta_file]
     missing = _missing(folder, needed)
-    why = "download: false in the config"
+    why = "off (download: false in the config)"
     if missing and download:
         why = _try_download(name, root)
         missing = _missing(folder, needed)
     if missing:
-        raise DataError(
-            f"{name}: files missing under {folder}: {', '.join(missing)}. Put the python-pickle "
-            f"version of {name.upper()} there (the folder {folder_name}/ from the official "
-            f"tarball), or set data.root to where it is. Automatic download: {why or 'did not produce the files'}."
-        )
+        raise DataError(_missing_message(name, folder, missing, why or "did not produce the files"))
 
     def field(d, key, path):
         if key not in d:
@@ -129,9 +156,15 @@ def load_cifar(name: str, root, download: bool) -> ImageData:
 
 @register_source("cifar10")
 def cifar10(root=None, download=True):
+    """CIFAR-10 in the python-pickle layout (ROOT/cifar-10-batches-py/); downloads through torchvision when allowed."""
     return load_cifar("cifar10", root, download)
 
 
 @register_source("cifar100")
 def cifar100(root=None, download=True):
+    """CIFAR-100 in the python-pickle layout (ROOT/cifar-100-python/); downloads through torchvision when allowed."""
     return load_cifar("cifar100", root, download)
+
+
+cifar10.locate = lambda root=None, download=True: locate_cifar("cifar10", root, download)
+cifar100.locate = lambda root=None, download=True: locate_cifar("cifar100", root, download)

@@ -27,6 +27,7 @@ from PIL import Image
 
 from .. import atomic
 from .base import DataError, ImageData, register_source
+from .location import HOW_TO_SET
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DEFAULT_CACHE = Path(os.environ.get("ROBUSTBENCH_CONVNORM_CACHE", Path.home() / ".cache" / "robustbench_convnorm"))
@@ -190,9 +191,30 @@ def _load_split(root: Path, split: str, classes: Optional[List[str]], mode: str,
         images.close()
 
 
+def locate(root=None, download=True, **options) -> str:
+    """Whether ``root`` holds both splits, as zips or folders (without reading
+    an image); else a DataError naming what is missing."""
+    if root is None:
+        raise DataError(f"imagefolder: data.root is not set; set it to a directory or .zip holding "
+                        f"<split>/<class>/<image> ({HOW_TO_SET})")
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"imagefolder: {root} does not exist; {HOW_TO_SET}")
+    if root.is_file():
+        if root.suffix != ".zip":
+            raise DataError(f"imagefolder: {root} is a file but not a .zip; point data.root to the folder or zip")
+        return f"imagefolder in {root}"
+    missing = [f"{split}.zip (or {split}/)" for split in ("train", "test")
+               if not ((root / f"{split}.zip").is_file() or (root / split).is_dir())]
+    if missing:
+        raise DataError(f"imagefolder: {root} has no {' and no '.join(missing)}; {HOW_TO_SET}")
+    return f"{options.get('name', 'imagefolder')} in {root}"
+
+
 @register_source("imagefolder")
 def imagefolder(root=None, download=True, mode: str = "RGB", cache: bool = True,
                 cache_dir: Optional[str] = None, name: str = "imagefolder", note: str = ""):
+    """Images in <split>/<class>/<image> layout, from a folder or from zips (ROOT/train.zip, ROOT/test.zip)."""
     if root is None:
         raise DataError("imagefolder: set data.root to a directory or .zip holding <split>/<class>/<image>")
     root = Path(root)
@@ -205,3 +227,6 @@ def imagefolder(root=None, download=True, mode: str = "RGB", cache: bool = True,
     test_x, test_y, _ = _load_split(root, "test", classes, mode, cdir)
     return ImageData(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
                      torch.from_numpy(test_y), classes, name=name, note=note)
+
+
+imagefolder.locate = locate

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from .base import ImageData, load_source
+from .location import expand_root
 
 
 def stratified_subset(y: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -30,7 +31,9 @@ def symmetric_label_noise(y: torch.Tensor, rate: float, num_classes: int, genera
 
 
 def load_full(data_cfg) -> ImageData:
-    return load_source(data_cfg.source, root=data_cfg.root, download=data_cfg.download, **data_cfg.options)
+    """The source's whole data; ``data.root`` as location.expand_root reads it."""
+    return load_source(data_cfg.source, root=expand_root(data_cfg.root), download=data_cfg.download,
+                       **data_cfg.options)
 
 
 def prepare_data(data_cfg, seed: int, full: ImageData = None) -> ImageData:
