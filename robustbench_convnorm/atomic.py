@@ -12,6 +12,10 @@ which :func:`remove_orphan_temps` deletes once its writer is gone.
     atomic.write_text(md, out / "leaderboard.md")
     atomic.save_figure(fig, out / "plot.png", dpi=120)
     atomic.torch_save(state, run_dir / "checkpoint.pt")
+
+The one exception is a log (``run.log``), which grows line by line while its
+run works: :func:`open_append` opens it for appending, so a reader may see a
+last line cut short, never an earlier line changed.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Union
 
 __all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_figure", "torch_save",
-           "set_writes_enabled", "writes_enabled", "write_csv", "remove_orphan_temps", "temp_name", "TEMP_SUFFIX", "pid_alive"]
+           "set_writes_enabled", "writes_enabled", "write_csv", "open_append", "remove_orphan_temps", "temp_name",
+           "TEMP_SUFFIX", "pid_alive"]
 
 PathLike = Union[str, os.PathLike]
 TEMP_SUFFIX = ".tmp"
@@ -143,6 +148,16 @@ def save_figure(fig, path: PathLike, **savefig_kw) -> Path:
     path = Path(path)
     savefig_kw.setdefault("format", path.suffix.lstrip(".") or "png")
     return atomic_write(path, lambda tmp: fig.savefig(tmp, **savefig_kw))
+
+
+def open_append(path: PathLike):
+    """A text file opened for appending, line-buffered (a log); None with
+    writes switched off (the data-parallel ranks other than 0)."""
+    if not _WRITES_ENABLED:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a", encoding="utf-8", buffering=1)
 
 
 def torch_save(obj: Any, path: PathLike) -> Path:

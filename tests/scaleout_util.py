@@ -71,7 +71,7 @@ def comparable(rec):
     return out
 
 
-_HEADER = re.compile(r"^\[\d+/\d+\] (\S+)$")
+_HEADER = re.compile(r"^\[\d+/\d+\] (\S+)(?:  elapsed .*)?$")  # the grid's line before each run
 _EPOCH = re.compile(r"^\s+epoch \d+/\d+: loss")
 
 

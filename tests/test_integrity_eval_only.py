@@ -38,7 +38,7 @@ def test_a_failing_evaluation_keeps_the_finished_record(copy_of, monkeypatch, ca
 
     def crash(*args, **kwargs):
         raise RuntimeError("the attack crashed")
-    monkeypatch.setattr(run, "evaluate_into", crash)
+    monkeypatch.setattr(run.execute, "evaluate_into", crash)
     assert cli("--eval-only") == 1
     assert _results(out) == before
     shown = capsys.readouterr().out
@@ -51,7 +51,7 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_record(copy_of, monkeypatch
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(run, "evaluate_into", ctrl_c)
+    monkeypatch.setattr(run.execute, "evaluate_into", ctrl_c)
     assert cli("--eval-only") == 130
     assert _results(out) == before
 

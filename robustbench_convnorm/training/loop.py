@@ -1,5 +1,6 @@
 """The training loop shared by every method: epochs, per-epoch logging and
-validation, atomic checkpoints, exact resume, failure on a non-finite loss."""
+validation, progress within an epoch (progress.track_epoch), atomic
+checkpoints, exact resume, failure on a non-finite loss."""
 from __future__ import annotations
 
 import contextlib
@@ -14,12 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from tqdm.auto import tqdm
-
 from .. import atomic, distributed
 from ..checkpoints import check_run_config, restore_rng_states, rng_states, save_checkpoint
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
+from ..progress import track_epoch
 from ..speed import make_sgd, uses_bf16
 from .methods import METHODS
 from .schedules import make_scheduler
@@ -188,9 +188,8 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
-            bar = tqdm(distributed.shard_batches(batches, method), desc=f"  epoch {epoch + 1}/{tc.epochs}",
-                       leave=False, disable=None)
-            for x, y in bar:
+            shards = distributed.shard_batches(batches, method)
+            for x, y in track_epoch(shards, len(shards), f"  epoch {epoch + 1}/{tc.epochs}", log):
                 l, c, n = method.train_batch(x, y)
                 loss_sum, correct, seen = loss_sum + l, correct + c, seen + n
             loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen)

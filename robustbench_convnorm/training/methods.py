@@ -5,7 +5,7 @@ device tensors, so the loop never synchronises with the host mid-epoch.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,9 @@ METHODS: Registry = Registry("training method")
 
 
 class Method:
+    #: the train.* config keys this method reads beyond the shared ones (``--list`` shows them)
+    train_options: Tuple[str, ...] = ()
+
     def __init__(self, train_cfg, model, optimizer, scheduler, penalty: Callable[[], torch.Tensor],
                  autocast, device, forward=None):
         self.cfg, self.model, self.optimizer, self.scheduler = train_cfg, model, optimizer, scheduler
@@ -66,6 +69,8 @@ class Method:
 
 @METHODS.register("natural")
 class Natural(Method):
+    """Plain training on clean inputs."""
+
     def train_batch(self, x, y):
         loss, logits = self.sgd_step(x, y)
         return self.tally(loss, logits, y)
@@ -76,6 +81,8 @@ class Free(Method):
     """Free adversarial training (Shafahi et al. 2019): each minibatch is
     replayed m times; one backward gives both the parameter step and the
     perturbation step. delta persists across minibatches unless reset_delta."""
+
+    train_options = ("eps", "step", "replays", "reset_delta")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -128,6 +135,8 @@ class Free(Method):
 class FGSMRandomStart(Method):
     """"Fast is better than free" (Wong et al. 2020): FGSM from a uniform
     random start in the eps-ball, step 1.25 eps by default."""
+
+    train_options = ("eps", "step")
 
     def train_batch(self, x, y):
         eps = self.cfg.eps
