@@ -17,7 +17,7 @@ __all__ = ["load_model"]
 def __getattr__(name):
     # lazy: `import robustbench_convnorm` (the registry, the config) stays free of torch
     if name == "load_model":
-        from .model_io import load_model
+        from .loading import load_model
 
         return load_model
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Optional
 
 from . import atomic
 
-__all__ = ["LOGGER", "RUN_LOG", "console", "run_log", "get_logger", "teller"]
+__all__ = ["LOGGER", "RUN_LOG", "console", "run_log", "get_logger", "teller", "describe_worker"]
 
 LOGGER = "robustbench_convnorm"
 RUN_LOG = "run.log"
@@ -94,6 +94,14 @@ def run_log(run_dir, header: str) -> Iterator[Optional[Path]]:
         logger.setLevel(saved)
         handler.close()
         stream.close()
+
+
+def describe_worker(worker: dict) -> str:
+    """'host h, pid 12, job 345' from lock.worker_identity()."""
+    parts = [f"host {worker.get('host')}", f"pid {worker.get('pid')}"]
+    if worker.get("job_id"):
+        parts.append(f"job {worker['job_id']}")
+    return ", ".join(parts)
 
 
 def teller(logger: logging.Logger, also: Optional[Callable[[str], object]] = None) -> Callable[[str], None]:

@@ -75,6 +75,10 @@ def test_local_launcher_two_workers_gives_a_plain_runs_records(tmp_path, capsys)
     logs = sorted((local_out / "launcher" / "local").glob("*.log"))
     assert len(logs) == 2
     _assert_complete(local_out, 2, *(p.read_text() for p in logs))
+    for worker_log in logs:                    # each worker also kept its run's run.log, with that run alone
+        run_id, other = worker_log.stem, next(p.stem for p in logs if p != worker_log)
+        kept = (local_out / "runs" / run_id / "run.log").read_text()
+        assert f"=== {run_id}: " in kept and "[eval] clean" in kept and other not in kept
     assert run.main([str(plain)]) == 0
     a, b = records(plain_out), records(local_out)
     assert set(a) == set(b)                                                         # same run ids

@@ -11,8 +11,11 @@ from .records import LeaderboardWarning
 from .renderers import renderer_names
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m robustbench_convnorm.leaderboard",
+PROG = "python -m robustbench_convnorm.leaderboard"
+
+
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Build the leaderboard (page, tables, plots) from "
                                             "RESULTS_DIR/runs/*/record.json.")
     p.add_argument("results_dir", metavar="RESULTS_DIR")
@@ -31,8 +34,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    args = parser(prog).parse_args(argv)
     if not 0 < args.alpha < 1:
         print(f"error: --alpha {args.alpha} is not between 0 and 1; use e.g. --alpha 0.05", file=sys.stderr)
         return 2

@@ -44,8 +44,8 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Print the per-layer spectral norms and bounds of a saved "
+def _parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Print the per-layer spectral norms and bounds of a saved "
                                 "model, or the condition-number Table 9 of a results directory.")
     p.add_argument("checkpoint", help="a checkpoint written by the harness (checkpoint.pt); with --table9, a "
                    "results directory (its runs/*/record.json)")
@@ -222,12 +222,12 @@ def _report(args) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     """Run the CLI; returns the exit status (2 and one line on stderr for bad
     input; argparse's own errors exit 2 through SystemExit)."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         return _table9(args) if args.table9 else _report(args)
     except CLIError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

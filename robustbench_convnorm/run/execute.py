@@ -64,7 +64,7 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
             say(f"  {lock.took_over}")
         atomic.remove_orphan_temps(run_dir)
         what = "--eval-only" if eval_only else ("--force" if force else "train and evaluate")
-        header = f"{spec.run_id}: {what}, worker {worker_identity(owner)}"
+        header = f"{spec.run_id}: {what} ({logs.describe_worker(worker_identity(owner))})"
         with logs.run_log(run_dir, header):
             return _execute_locked(spec, device, data_cache, lock, force=force, resume=resume,
                                    eval_only=eval_only, log=say, owner=owner)
