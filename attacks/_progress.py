@@ -8,19 +8,24 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
+from robustbench_convnorm.progress import interval_seconds
+
 try:
     from tqdm.auto import tqdm
 except ImportError:          # tqdm is a declared dependency; run without a bar anyway
     tqdm = None
 
-#: seconds between two progress lines when there is no bar
-INTERVAL_S = 30.0
+#: seconds between two progress lines when there is no bar; None: the run's setting,
+#: $ROBUSTBENCH_CONVNORM_PROGRESS_SECONDS (default 30; robustbench_convnorm/progress.py)
+INTERVAL_S: Optional[float] = None
 
 
 class Progress:
     def __init__(self, total: int, label: str, log: Callable[[str], Any], *, interval: Optional[float] = None):
         self.total, self.label, self.log = int(total), label, log
-        self.interval = INTERVAL_S if interval is None else float(interval)
+        if interval is None:
+            interval = INTERVAL_S if INTERVAL_S is not None else interval_seconds()
+        self.interval = float(interval)
         self.done = 0
         self.started = self.last = time.perf_counter()
         # disable=None: a bar only when stderr is a terminal

@@ -1,4 +1,4 @@
-"""The sanity checks of EVALUATION.md: each one fires on a purpose-built bad
+"""The sanity checks of docs/evaluators.md ("Sanity checks"): each one fires on a purpose-built bad
 model or outcome, and stays quiet on a good one."""
 import numpy as np
 import pytest

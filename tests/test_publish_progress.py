@@ -113,3 +113,18 @@ def test_each_run_log_holds_its_own_runs_lines_and_a_rerun_appends(tmp_path, cap
     vanilla = next(i for i in ids if "-vanilla-" in i)
     log = (tmp_path / "out" / "runs" / vanilla / "run.log").read_text()
     assert log.count("=== ") == 3 and log.count("[eval] fgsm") == 2 and ": --force (" in log
+
+
+def test_the_evaluators_progress_lines_follow_the_same_setting(monkeypatch):
+    from robustbench_convnorm.attacks import _progress
+
+    lines = []
+    monkeypatch.setenv(progress.INTERVAL_ENV, "0")
+    with _progress.Progress(3, "pgd10", lines.append) as bar:
+        bar.update()
+    assert lines and lines[0].startswith("[eval] pgd10: 1 of 3 batches")
+    monkeypatch.setenv(progress.INTERVAL_ENV, "3600")
+    lines.clear()
+    with _progress.Progress(3, "pgd10", lines.append) as bar:
+        bar.update()
+    assert not lines

@@ -57,6 +57,8 @@ def test_ddp_trains_the_single_process_weights_and_rank0_alone_writes(tmp_path):
             (one_out / "runs" / run_id / "per_example.csv").read_text()
         log = (ddp_out / "runs" / run_id / "train_log.csv").read_text().splitlines()
         assert len(log) == 1 + 2                              # one writer: header and two epochs
+        run_log = (ddp_out / "runs" / run_id / "run.log").read_text()
+        assert run_log.count("=== ") == 1 and run_log.count("epoch 2/2: loss") == 1   # rank 0's alone
         run_dir = ddp_out / "runs" / run_id
         assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []   # no temp, no lock
     (free_id,) = [r for r in ddp_recs if "-free-" in r]

@@ -6,7 +6,7 @@ that matrix's largest singular value; the estimate comes from power
 iteration, ``n_power_iterations`` steps per training forward, with u and v
 frozen in evaluation mode. Note that this bounds the flattened matrix, not
 the convolution operator: the operator norm can exceed 1 by up to a factor
-sqrt(k*k) (REFERENCE.md section 2).
+sqrt(k*k) (docs/normalizers.md, ``sn``).
 """
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
