@@ -21,6 +21,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,9 @@ SHORT = "attacks"
 CANONICAL = "robustbench_convnorm.attacks"
 #: the folder holds the evaluators; in a checkout and in site-packages alike it sits beside this package
 FOLDER = Path(__file__).resolve().parent.parent / SHORT
+
+
+_SEARCHING = threading.local()
 
 
 def _is_ours(module) -> bool:
@@ -81,13 +85,21 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
     def _other_spec(self, fullname: str):
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, None)
-            if spec is not None:
-                return spec
-        return None
+        """What the other finders would load for ``fullname`` (never asking this one again:
+        a finder that searches through importlib.util.find_spec would recurse)."""
+        if getattr(_SEARCHING, "active", False):
+            return None
+        _SEARCHING.active = True
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, None)
+                if spec is not None:
+                    return spec
+            return None
+        finally:
+            _SEARCHING.active = False
 
     @staticmethod
     def _alias(fullname: str, target: str):
