@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.replay import exact_fp32
 from robustbench_convnorm import speed
 from robustbench_convnorm.config import ConfigError, SpeedConfig, TrainConfig, config_from_dict, expand_grid
 from robustbench_convnorm.models import build_model
@@ -297,24 +298,13 @@ CUDA = torch.device("cuda")
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
-@contextlib.contextmanager
-def true_fp32():
-    """TF32 off: conv algorithms of the two paths then differ by fp32 rounding only."""
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 @pytest.mark.cuda
 @cuda_only
 @pytest.mark.parametrize("normalizer", ["vanilla", "convnorm", "cayley", "ocnn"])
 def test_cuda_defaults_train_like_the_plain_path(normalizer):
     """What ``speed: auto`` gives on CUDA (foreach SGD, and whatever a GPU
     check turns on) trains like the plain path there."""
-    with true_fp32():
+    with exact_fp32(CUDA):  # TF32 off: the two paths then differ by fp32 rounding only
         plain_model, plain = free_trainer(normalizer, PLAIN, device=CUDA)
         auto_model, auto = free_trainer(normalizer, SpeedConfig(), device=CUDA)
         for x, y in batches(device=CUDA):
@@ -329,7 +319,7 @@ def test_cuda_defaults_train_like_the_plain_path(normalizer):
 def test_every_sgd_kernel_invalidates_weight_caches_on_cuda(impl):
     """As on the CPU: ConvNorm's cached filter must follow every SGD kernel's update."""
     models = []
-    with true_fp32():
+    with exact_fp32(CUDA):  # TF32 off: the two paths then differ by fp32 rounding only
         for kernel in ("for_loop", impl):
             model, method = free_trainer("convnorm", SpeedConfig(**{**PLAIN.__dict__, "optimizer": kernel}),
                                          device=CUDA)
