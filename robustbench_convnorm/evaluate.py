@@ -39,6 +39,7 @@ from .external import ExternalModelError, build_model, check_model, load_factory
 from .launch import merge
 from .lock import RunLocked, acquire, worker_identity
 from .records import RECORD, SCHEMA, environment, git_sha, versions, write_json_atomic
+from .registry import RegistryError
 
 __all__ = ["main", "external_run_id", "TRAIN_METHOD"]
 
@@ -129,18 +130,21 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
 
 def _main(args) -> int:
     from .run import DataCache, apply_threads, check_output_dir, config_warnings, resolve_device
+    from .run.grid import check_evaluators
 
     try:
         with config_warnings():
             cfg = load_config(args.config, args.overrides)
+        check_evaluators(cfg.eval.evaluators)
         _log.info(f"data: {locate_data(cfg.data)}")
         device = resolve_device(cfg.device)
         check_output_dir(cfg.output_dir)
         apply_threads(cfg)
         torch.manual_seed(cfg.seeds[0])  # a factory that initialises weights at random draws the same ones
         data = DataCache().get(cfg.data, cfg.seeds[0])
-    except (ConfigError, DataError) as err:
-        print(f"config error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, RegistryError) as err:
+        print(f"config error: {args.config}: {err}" if isinstance(err, RegistryError) else f"config error: {err}",
+              file=sys.stderr)
         return 2
     try:
         with _cwd_importable():

@@ -124,6 +124,8 @@ BAD = [
     (["--model", "outside_models:small", "--checkpoint", "missing.pt"], "no such file"),
     (["--model", "outside_models:small", "--checkpoint", "{wrong}"], "does not fit the model"),
     (["--model", "outside_models:small", "--checkpoint", "{text}"], "cannot be read as weights"),
+    (["--model", "outside_models:small", "--set", "data.source=synthtic"], "unknown data source 'synthtic'"),
+    (["--model", "outside_models:small", "--set", "eval.evaluators=[{{type: pgdd}}]"], "unknown evaluator 'pgdd'"),
 ]
 
 

@@ -15,7 +15,7 @@ from ..config import ConfigError, RunSpec, to_dict
 from ..records import read_record
 from ..registry import RegistryError
 
-__all__ = ["resolve_device", "preflight", "check_data", "print_grid", "select_only", "check_output_dir"]
+__all__ = ["resolve_device", "preflight", "check_evaluators", "check_data", "print_grid", "select_only", "check_output_dir"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,12 +45,12 @@ def preflight(specs: List[RunSpec], source: str) -> None:
                 build_run_model(cfg, meta)
             check_options("data source", cfg.data.source, SOURCES.get(cfg.data.source), cfg.data.options)
             MODELS.get(cfg.model.arch)
-            _check_evaluators(cfg.eval.evaluators)
+            check_evaluators(cfg.eval.evaluators)
         except (RegistryError, TypeError, ValueError) as err:
             raise ConfigError(f"{source}: run {spec.run_id}: {err}") from None
 
 
-def _check_evaluators(evaluators) -> None:
+def check_evaluators(evaluators) -> None:
     """Each evaluator builds from its options, and no two share a result name
     (their columns and metrics would collide after training)."""
     from .. import attacks
