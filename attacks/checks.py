@@ -36,7 +36,7 @@ from ._state import (StateChangedError, assert_eval_mode, assert_state_unchanged
 
 __all__ = [
     "ALPHA", "BATCH_RTOL", "CHANCE_MARGIN", "DETERMINISM_RTOL", "EPS_TOL", "LARGE_EPS", "ZERO_GRAD_FRACTION",
-    "Result", "StateChangedError", "add_counts", "assert_eval_mode", "assert_state_unchanged", "binomial_tail",
+    "Result", "StateChangedError", "add_counts", "assert_eval_mode", "at_chance", "assert_state_unchanged", "binomial_tail",
     "broken_in_threat_model", "comparison_flags", "in_threat_model", "infer_threat_model", "outcome_flags",
     "paired_excess", "probe_model", "state_fingerprint", "training_modules", "validate_adversarial",
     "validity_flags", "worst_case_correct",
@@ -143,6 +143,20 @@ def binomial_tail(k: int, n: int) -> float:
         term = term * (n - i) // (i + 1)
         total += term
     return total / 2 ** n
+
+
+def at_chance(correct: np.ndarray, class_share: float, alpha: float) -> Optional[str]:
+    """A note when ``correct`` is not significantly above ``class_share`` (%):
+    the one-sided exact binomial tail P(X >= k | X ~ Bin(n, share)) is at least alpha."""
+    from scipy.stats import binom
+
+    n, k = len(correct), int(correct.sum())
+    p = float(binom.sf(k - 1, n, class_share / 100.0))
+    if p < alpha:
+        return None
+    return (f"clean accuracy {100.0 * k / n:.2f}% on {n} examples is not above the largest class's share "
+            f"{class_share:.2f}% (one-sided exact binomial p = {p:.2g} >= alpha {alpha:g}): the model is no "
+            f"better than always answering one class, so its robust accuracies measure nothing")
 
 
 def paired_excess(first: Result, second: Result, alpha: float, *, first_correct: Optional[np.ndarray] = None,
@@ -277,6 +291,13 @@ def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = No
 
     for r in results:
         out.extend(outcome_flags(r))
+
+    # 0. the model learned: clean accuracy above what always answering the
+    #    largest class gets; below it, every robust accuracy measures nothing
+    if clean is not None and class_share is not None and len(clean.index):
+        note = at_chance(np.asarray(clean.per_example["correct"], dtype=bool), class_share, alpha)
+        if note:
+            out.append((f"{clean.name}:at_chance", note))
 
     # 1. robust <= clean, on what the harness reports (correct clean and under attack)
     if clean is not None:

@@ -378,3 +378,16 @@ def test_worst_case_counts_blackbox_breaks_inside_the_threat_ball_only():
     np.testing.assert_array_equal(every, [0, 0, 0] + [1] * 5 + [0] * 2)
     # without a threat model given, the white-box evaluators' commonest eps is it
     assert infer_threat_model(results) == ("Linf", EPS)
+
+
+def test_a_model_at_chance_on_clean_inputs_is_flagged():
+    # The quickstart once recorded a ConvNorm that never trained (10% on 10 classes)
+    # as "ok": every robust accuracy equalled the clean one and no check fired.
+    untrained = _result("clean", "clean", "clean", _first(2))           # 10% on 20 examples
+    assert "clean:at_chance" in _flags([untrained, _pgd("pgd10", _first(2))], class_share=10.0)
+    note = dict(comparison_flags([untrained], class_share=10.0))["clean:at_chance"]
+    assert "10.00%" in note and "largest class's share 10.00%" in note
+    assert "clean:at_chance" not in _flags([CLEAN], class_share=10.0)   # 80%: far above chance
+    # the test is exact: 4 of 20 against a 10% share is p = 0.133, 6 of 20 is p = 0.011, 7 of 20 p = 0.0024
+    assert "clean:at_chance" in _flags([_result("clean", "clean", "clean", _first(6))], class_share=10.0)
+    assert "clean:at_chance" not in _flags([_result("clean", "clean", "clean", _first(7))], class_share=10.0)

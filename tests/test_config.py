@@ -105,12 +105,12 @@ def test_run_id_follows_the_normalizers_defaults(monkeypatch):
         return spec.run_id, spec.normalizer.options
 
     plain, options = run_id({})
-    assert options["affine_init"] == "conv_default" and "ramp_steps" in options
-    assert run_id({"affine_init": "conv_default"})[0] == plain       # writing the default changes nothing
-    assert run_id({"affine_init": "identity"})[0] != plain
+    assert options["affine_init"] == "identity" and "ramp_steps" in options
+    assert run_id({"affine_init": "identity"})[0] == plain           # writing the default changes nothing
+    assert run_id({"affine_init": "conv_default"})[0] != plain
     sig = convnorm.ConvNorm.__init__
     monkeypatch.setattr(convnorm.ConvNorm.__init__, "__kwdefaults__",
-                        {**sig.__kwdefaults__, "affine_init": "identity"})
+                        {**sig.__kwdefaults__, "affine_init": "conv_default"})
     assert run_id({})[0] != plain                                     # a new default, a new run
 
 

@@ -167,8 +167,8 @@ def test_bias_after_the_filter_is_an_option(fast):
         get_normalizer("convnorm", bias_placement="inside")
 
 
-def test_affine_starts_as_nn_conv2d_default_by_default_and_identity_on_request():
-    normalizer = get_normalizer("convnorm")
+def test_affine_starts_as_nn_conv2d_default_on_request_and_identity_by_default():
+    normalizer = get_normalizer("convnorm", affine_init="conv_default")
     torch.manual_seed(7)
     layer = normalizer.conv(4, 6, 3, stride=2, padding=1)
     # The same random stream: the conv's kernel first, then nn.Conv2d's own draws.
@@ -183,7 +183,7 @@ def test_affine_starts_as_nn_conv2d_default_by_default_and_identity_on_request()
     assert 0.2 < float(layer.affine.weight.detach().abs().max()) <= 1 / 3
     assert 0.1 < float(layer.affine.bias.detach().abs().max()) <= 1 / 3
 
-    normalizer = get_normalizer("convnorm", affine_init="identity")
+    normalizer = get_normalizer("convnorm")
     torch.manual_seed(7)
     identity = normalizer.conv(4, 6, 3, stride=2, padding=1)
     torch.testing.assert_close(identity.weight, kernel, rtol=0, atol=0)  # the stream is unchanged

@@ -21,8 +21,10 @@ docs/normalizers.md, which also lists every difference from it):
 3. rfft2 of the full output, multiply by V, irfft2 (always in fp32 or fp64,
    also under autocast);
 4. crop k-1-padding pixels per border, then subsample [::s, ::s] for stride s;
-5. the learnable depthwise "affine" conv, with nn.Conv2d's default random
-   initialisation as in the official code (``affine_init="conv_default"``).
+5. the learnable depthwise "affine" conv, started at the identity
+   (``affine_init="identity"``) or, as in the official code, with nn.Conv2d's
+   default random initialisation (``affine_init="conv_default"``: the paper
+   configs use it; it left the quickstart's ConvNet without BatchNorm at chance).
 
 1x1 kernels have a flat spectrum: channel k is just scaled by 1/||a_k||.
 
@@ -114,7 +116,7 @@ class ConvNorm2d(nn.Module):
     compile_eager = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = False, *, affine: bool = True, affine_init: str = "conv_default",
+                 bias: bool = False, *, affine: bool = True, affine_init: str = "identity",
                  bias_placement: str = "before_filter", eval_filter: str = "running",
                  eps: float = 1e-6, ramp_steps: int = 40000, padding_mode: str = "zeros"):
         super().__init__()
@@ -418,8 +420,9 @@ class ConvNorm(Normalizer):
     """ConvNorm. Options:
 
     affine: the learnable depthwise conv after normalization (default True).
-    affine_init: "conv_default" (nn.Conv2d's random initialisation, the
-        official code's) or "identity" (a centred delta, zero bias).
+    affine_init: "identity" (a centred delta, zero bias: the layer starts as
+        plain ConvNorm) or "conv_default" (nn.Conv2d's random initialisation,
+        the official code's; the paper configs set it).
     bias_placement: "before_filter" (the official code: the filter scales a
         conv bias by V(0)) or "after_filter". Models here build bias-free convs.
     eval_filter: "running" (moving average of V, the paper's default) or
@@ -431,7 +434,7 @@ class ConvNorm(Normalizer):
     "ConvNorm + BN" is this normalizer with the model's ``batchnorm: true``.
     """
 
-    def __init__(self, *, affine: bool = True, affine_init: str = "conv_default",
+    def __init__(self, *, affine: bool = True, affine_init: str = "identity",
                  bias_placement: str = "before_filter", eval_filter: str = "running", eps: float = 1e-6,
                  ramp_steps: int = 40000, padding_mode: str = "zeros"):
         # Build one throw-away layer so that bad options fail here, not inside a model.
