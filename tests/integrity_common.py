@@ -1,15 +1,11 @@
 """Shared by the tests/test_integrity_*.py files: a tiny config that trains in
 about a second, and ways to run the CLI in this process or in another."""
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+import cli_util
+from cli_util import ROOT, cli, env, records  # noqa: F401  (the integrity tests import them from here)
 
 TINY = {
     "data": {"source": "synthetic", "options": {"n_train": 96, "n_test": 48, "size": 8, "num_classes": 4},
@@ -27,36 +23,11 @@ TINY = {
 
 def write_config(tmp_path, out, **changes):
     """TINY with ``section__key=value`` (or ``section=value``) changes, writing to tmp_path/out."""
-    raw = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, leaf = key.partition("__")
-        if leaf:
-            raw[section][leaf] = value
-        else:
-            raw[section] = value
-    raw["output_dir"] = str(tmp_path / out)
-    path = tmp_path / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def records(out_dir):
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("runs/*/record.json"))}
+    return cli_util.write_config(tmp_path / f"{out}.yaml", tmp_path / out, TINY, **changes)
 
 
 def run_dirs(out_dir):
     return sorted(p for p in (Path(out_dir) / "runs").iterdir() if p.is_dir())
-
-
-def env(**extra):
-    """The environment of a child process: this checkout first on the path, one thread."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            **{k: str(v) for k, v in extra.items()}}
-
-
-def cli(*args, timeout=600, **extra_env):
-    return subprocess.run([sys.executable, "-m", "robustbench_convnorm.run", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, env=env(**extra_env), timeout=timeout)
 
 
 def flip_bit_in(path, tensor: torch.Tensor, byte: int = 3, bit: int = 6) -> None:

@@ -2,15 +2,11 @@
 subprocess with this checkout's code, and what the workers printed."""
 import collections
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+import cli_util
+from cli_util import ROOT, comparable, env, finish, records, start  # noqa: F401  (the scale-out tests import them here)
 
 #: a grid of tiny runs that still exercises augmentation, an uneven last batch
 #: (99 = 3 x 32 + 3) and both training paths
@@ -29,46 +25,7 @@ TINY = {
 
 
 def write_config(path: Path, out: Path, **sections) -> Path:
-    raw = json.loads(json.dumps(TINY))
-    for key, value in sections.items():
-        section, _, leaf = key.partition("__")
-        if leaf:
-            raw[section][leaf] = value
-        else:
-            raw[section] = value
-    raw["output_dir"] = str(out)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def env(**extra):
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    pythonpath = str(ROOT) + (os.pathsep + base["PYTHONPATH"] if base.get("PYTHONPATH") else "")
-    return {**base, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
-
-
-def start(*args, **extra_env) -> subprocess.Popen:
-    """``python -m robustbench_convnorm.run ARGS`` in the background."""
-    return subprocess.Popen([sys.executable, "-m", "robustbench_convnorm.run", *map(str, args)], cwd=ROOT,
-                            env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout=600):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
-
-
-def records(out_dir):
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("runs/*/record.json"))}
-
-
-def comparable(rec):
-    """A record without what differs between two executions of one run."""
-    drop = {"timings", "created", "git_sha", "config", "evaluations", "worker"}
-    out = {k: v for k, v in rec.items() if k not in drop}
-    out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
-                          for k, v in rec["evaluations"].items()}
-    return out
+    return cli_util.write_config(path, out, TINY, **sections)
 
 
 _HEADER = re.compile(r"^\[\d+/\d+\] (\S+)(?:  elapsed .*)?$")  # the grid's line before each run

@@ -1,22 +1,16 @@
 """The run command end to end: grid, records, resume after a kill, failure
 handling, re-evaluation, determinism, and the error paths."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
 from torch import nn
+
+import cli_util
+from cli_util import ROOT, cli, comparable, records
 
 from robustbench_convnorm import run
 from robustbench_convnorm.checkpoints import load_checkpoint
 from robustbench_convnorm.normalizers import Normalizer, register_normalizer
 from robustbench_convnorm.training.loop import KILL_AFTER_EPOCH_ENV
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "data": {"source": "synthetic", "options": {"n_train": 96, "n_test": 48, "size": 8, "num_classes": 4},
@@ -35,42 +29,14 @@ TINY = {
 
 
 def write_config(tmp_path, out, **changes):
-    raw = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, leaf = key.partition("__")
-        if leaf:
-            raw[section][leaf] = value
-        else:
-            raw[section] = value
-    raw["output_dir"] = str(tmp_path / out)
-    path = tmp_path / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def records(out_dir):
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("runs/*/record.json"))}
-
-
-def comparable(rec):
-    drop = {"timings", "created", "git_sha", "config", "evaluations", "worker"}
-    out = {k: v for k, v in rec.items() if k not in drop}
-    out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
-                          for k, v in rec["evaluations"].items()}
-    return out
-
-
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "robustbench_convnorm.run", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                          timeout=600)
+    return cli_util.write_config(tmp_path / f"{out}.yaml", tmp_path / out, TINY, **changes)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     straight = write_config(tmp_path, "straight")
     killed = write_config(tmp_path, "killed")
     assert cli(straight).returncode == 0
-    first = cli(killed, env={KILL_AFTER_EPOCH_ENV: "1"})
+    first = cli(killed, **{KILL_AFTER_EPOCH_ENV: "1"})
     assert first.returncode == -9                                   # SIGKILLed after epoch 1's checkpoint
     (rec,) = records(tmp_path / "killed").values()
     assert rec["status"] == "running"
