@@ -36,6 +36,8 @@ def comparable(rec):
     out = {k: v for k, v in rec.items() if k not in drop}
     out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
                           for k, v in rec["evaluations"].items()}
+    # OMP_NUM_THREADS is the caller's shell (a launcher's worker sets it, a plain run inherits it)
+    out["environment"] = {k: v for k, v in (rec.get("environment") or {}).items() if k != "omp_num_threads"}
     return out
 
 
