@@ -69,49 +69,43 @@ def _summary(obj: Callable) -> str:
     return text if len(text) <= 110 else text[:107].rstrip() + "..."
 
 
+def _entries(registry, fixed: Tuple[str, ...] = ()) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(name, summary, {option: default}) for every entry of a registry, less
+    the arguments the harness passes itself (``fixed``)."""
+    entries = []
+    for name in registry.names():
+        factory = registry.get(name)   # a class's signature is its __init__'s, without self
+        options = {k: v for k, v in accepted_options(factory).items() if k not in fixed}
+        entries.append((name, _summary(factory), options))
+    return entries
+
+
 def _normalizers() -> Section:
     from ..normalizers import NORMALIZERS
 
-    entries = []
-    for name in NORMALIZERS.names():
-        cls = NORMALIZERS.get(name)
-        entries.append((name, _summary(cls), accepted_options(cls.__init__)))
     return Section("normalizers", "normalizers: [{name: NAME, options: {OPTION: VALUE}}]",
-                   ("normalizers", "normalizer"), entries)
+                   ("normalizers", "normalizer"), _entries(NORMALIZERS))
 
 
 def _evaluators() -> Section:
     from .. import attacks
 
-    entries = []
-    for name in attacks.list_evaluators():
-        cls = attacks.EVALUATORS.get(name)
-        entries.append((name, _summary(cls), accepted_options(cls.__init__)))
     return Section("evaluators", "eval.evaluators: [{type: NAME, OPTION: VALUE}]",
-                   ("evaluators", "evaluator", "attacks"), entries)
+                   ("evaluators", "evaluator", "attacks"), _entries(attacks.EVALUATORS))
 
 
 def _models() -> Section:
     from ..models import MODELS
 
-    entries = []
-    for name in MODELS.names():
-        builder = MODELS.get(name)
-        options = {k: v for k, v in accepted_options(builder).items() if k not in _MODEL_FIXED}
-        entries.append((name, _summary(builder), options))
-    return Section("models", "model: {arch: NAME, width: W}", ("models", "model", "archs"), entries)
+    return Section("models", "model: {arch: NAME, width: W}", ("models", "model", "archs"),
+                   _entries(MODELS, fixed=_MODEL_FIXED))
 
 
 def _sources() -> Section:
     from ..data import SOURCES
 
-    entries = []
-    for name in SOURCES.names():
-        fn = SOURCES.get(name)
-        options = {k: v for k, v in accepted_options(fn).items() if k not in _SOURCE_FIXED}
-        entries.append((name, _summary(fn), options))
     return Section("data sources", "data: {source: NAME, root: DIR, options: {OPTION: VALUE}}",
-                   ("data sources", "data", "sources", "source"), entries)
+                   ("data sources", "data", "sources", "source"), _entries(SOURCES, fixed=_SOURCE_FIXED))
 
 
 def _methods() -> Section:
