@@ -6,7 +6,6 @@ the fix."""
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -137,6 +136,6 @@ def check_model(model: nn.Module, images: torch.Tensor, num_classes: int, datase
     if tuple(out.shape) != want:
         raise ExternalModelError(f"--model {spec}: the model returns shape {tuple(out.shape)} for {shape[0]} "
                                  f"images; expected {want}, one logit for each of the {num_classes} classes of {dataset}")
-    if not all(math.isfinite(v) for v in out.float().flatten().tolist()):
+    if not bool(torch.isfinite(out).all()):
         raise ExternalModelError(f"--model {spec}: the model returns NaN or infinite logits on {dataset} images; "
                                  f"check its weights")

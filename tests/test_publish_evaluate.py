@@ -40,6 +40,14 @@ FACTORIES = textwrap.dedent('''
                 return x.mean(), x.sum()
         return Two()
 
+    def nan_logits():
+        class Nan(nn.Module):
+            def forward(self, x):
+                out = torch.zeros(x.shape[0], 4)
+                out[-1, 2] = float("nan")   # one bad logit among finite ones
+                return out
+        return Nan()
+
     NOT_CALLABLE = 3
 ''')
 
@@ -121,6 +129,7 @@ BAD = [
     (["--model", "outside_models:wrong_classes"], "expected (2, 4), one logit for each of the 4 classes"),
     (["--model", "outside_models:one_channel"], "the model fails on a batch of synthetic images, shape (2, 3, 8, 8)"),
     (["--model", "outside_models:returns_tuple"], "it must return a tensor of logits"),
+    (["--model", "outside_models:nan_logits"], "the model returns NaN or infinite logits"),
     (["--model", "outside_models:small", "--checkpoint", "missing.pt"], "no such file"),
     (["--model", "outside_models:small", "--checkpoint", "{wrong}"], "does not fit the model"),
     (["--model", "outside_models:small", "--checkpoint", "{text}"], "cannot be read as weights"),
