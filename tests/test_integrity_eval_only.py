@@ -56,6 +56,27 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_record(copy_of, monkeypatch
     assert _results(out) == before
 
 
+def test_a_failed_record_write_puts_the_old_per_example_back(copy_of, monkeypatch, capsys):
+    """per_example.csv is replaced before record.json: if the record cannot be
+    written (disk full), the kept record must not sit beside new outcomes."""
+    cli, out = copy_of
+    before = _results(out)
+    evaluate = run.execute.evaluate_into
+
+    def other_outcomes(*args, **kwargs):  # a real evaluation whose outcomes differ from the kept ones
+        frame = evaluate(*args, **kwargs)
+        frame["clean_correct"] = 1 - frame["clean_correct"]
+        return frame
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(run.execute, "evaluate_into", other_outcomes)
+    monkeypatch.setattr(run.execute, "write_json_atomic", disk_full)
+    assert cli("--eval-only") == 1
+    assert _results(out) == before
+    assert "No space left on device" in capsys.readouterr().out
+
+
 def test_a_checkpoint_copied_from_another_configuration_is_refused(copy_of, capsys):
     cli, out = copy_of
     vanilla, ocnn = (next(d for d in run_dirs(out) if f"-{name}-" in d.name) for name in ("vanilla", "ocnn"))

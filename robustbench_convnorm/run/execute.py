@@ -184,11 +184,20 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
     run_dir = spec.run_dir
     if old:
         record["timings"], record["params"] = dict(old.get("timings") or {}), old.get("params")
+    # per_example.csv is replaced just before record.json; should the record's write then
+    # fail, the old file goes back, so the kept record never sits beside another evaluation's outcomes
+    per_example_path = run_dir / PER_EXAMPLE
+    replaced: Dict[str, Optional[bytes]] = {}
 
     def give_up(status, error):
         record["status"], record["error"] = status, error
         kept = f"; its record ({old.get('status')}) is unchanged" if old else ""
         log(f"[{status}] {spec.run_id}: --eval-only: {error['reason']}{kept}")
+        if "old" in replaced:
+            if replaced["old"] is None:
+                per_example_path.unlink(missing_ok=True)
+            else:
+                atomic.write_bytes(per_example_path, replaced["old"])
         if old:
             return {"run_id": spec.run_id, "status": status, "error": error, "record_kept": True}
         lock.ensure_held()
@@ -209,7 +218,8 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         per_example = evaluate_into(record, model, data, spec.config, device, log, run_dir,
                                     title=_plot_title(record, spec))
         lock.ensure_held()
-        atomic.write_csv(run_dir / PER_EXAMPLE, per_example)
+        replaced["old"] = per_example_path.read_bytes() if per_example_path.exists() else None
+        atomic.write_csv(per_example_path, per_example)
         record["status"] = "finished"
         write_json_atomic(record, run_dir / RECORD)
         return record
