@@ -77,7 +77,8 @@ def weight_is_operator(layer: nn.Module, input_shape: Sequence[int], *, rtol: fl
     layer's ``padding_mode``). False for layers that are more than their
     ``weight`` (ConvNorm's filter, Cayley's Q, ...) and for modules that are
     not 2-D convs."""
-    weight = getattr(layer, "weight", None)
+    with EvalMode(layer), torch.no_grad():  # a parametrized weight read in training mode updates its buffers
+        weight = getattr(layer, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         return False
     device, dtype = device_dtype(layer)
@@ -86,7 +87,6 @@ def weight_is_operator(layer: nn.Module, input_shape: Sequence[int], *, rtol: fl
         with EvalMode(layer), torch.no_grad():
             x = torch.randn(shape, device=device, dtype=dtype)
             y = layer(x) - layer(torch.zeros_like(x))
-            w = layer.weight
             stride = pair(getattr(layer, "stride", 1))
             padding = getattr(layer, "padding", 0)
             mode = getattr(layer, "padding_mode", "zeros")
@@ -96,7 +96,7 @@ def weight_is_operator(layer: nn.Module, input_shape: Sequence[int], *, rtol: fl
                     return False
                 x = F.pad(x, rpad, mode=mode if mode != "zeros" else "constant")
                 padding = 0
-            z = F.conv2d(x, w, None, stride, padding, getattr(layer, "dilation", 1), getattr(layer, "groups", 1))
+            z = F.conv2d(x, weight, None, stride, padding, getattr(layer, "dilation", 1), getattr(layer, "groups", 1))
     except Exception:  # noqa: BLE001 - any mismatch means "not a plain conv"
         return False
     if z.shape != y.shape:

@@ -50,14 +50,14 @@ class _Options:
         self.__dict__.update(kw)
 
 
-def _weight_columns(name: str, module: nn.Module, row: Dict[str, Any], shapes: Tuple[tuple, tuple], opt: _Options,
-                    notes: List[str]) -> Tuple[Optional[torch.Tensor], bool]:
-    """Fill the weight-based columns; returns (the kernel convolved, whether
-    it is the layer's own operator)."""
+def _weight_columns(name: str, module: nn.Module, weight: Optional[torch.Tensor], row: Dict[str, Any],
+                    shapes: Tuple[tuple, tuple], opt: _Options, notes: List[str]
+                    ) -> Tuple[Optional[torch.Tensor], bool]:
+    """Fill the weight-based columns from ``weight`` (the layer's weight as
+    read in eval mode); returns (the kernel convolved, whether it is the
+    layer's own operator)."""
     in_shape, out_shape = shapes
     c_in, H, W = in_shape
-    with EvalMode(module), torch.no_grad():
-        weight = getattr(module, "weight", None)
     groups = int(getattr(module, "groups", 1))
     # a weight-based column needs a conv kernel of this layer's geometry
     # (not, e.g., Cayley's parameter after its space-to-depth stride)
@@ -97,7 +97,10 @@ def _weight_columns(name: str, module: nn.Module, row: Dict[str, Any], shapes: T
 def _layer_row(name: str, module: nn.Module, shapes: Tuple[tuple, tuple], opt: _Options
                ) -> Tuple[Dict[str, Any], List[str]]:
     in_shape, out_shape = shapes
-    weight = getattr(module, "weight", None)
+    # read once, in eval mode: a parametrized weight (spectral_norm) read in
+    # training mode runs a power-iteration step and changes the layer's buffers
+    with EvalMode(module), torch.no_grad():
+        weight = getattr(module, "weight", None)
     # a 2-D conv, tagged or conv-like; not a transposed or 1-D/3-D torch conv
     two_d = len(in_shape) == 3 and (isinstance(module, nn.Conv2d) or not isinstance(module, nn.modules.conv._ConvNd))
     stride = getattr(module, "stride", None)
@@ -130,7 +133,7 @@ def _layer_row(name: str, module: nn.Module, shapes: Tuple[tuple, tuple], opt: _
                      f"numbers cover 2-D convolutions")
         return row, notes
     try:
-        kernel, of_layer = _weight_columns(name, module, row, shapes, opt, notes)
+        kernel, of_layer = _weight_columns(name, module, weight, row, shapes, opt, notes)
         H, W = in_shape[1:]
         sh, sw = row["stride"] or (1, 1)
         if of_layer and divisible((H, W), (sh, sw)):
