@@ -38,14 +38,14 @@ from .distributed import record_fields
 from .external import ExternalModelError, build_model, check_model, load_factory, load_weights
 from .launch import merge
 from .lock import RunLocked, acquire, worker_identity
-from .records import RECORD, SCHEMA, environment, git_sha, versions, write_json_atomic
+from .records import (EXTERNAL_METHOD, RECORD, SCHEMA, environment, git_sha, trainable_params, versions,
+                      write_json_atomic)
 from .registry import RegistryError
 
 __all__ = ["main", "external_run_id", "TRAIN_METHOD"]
 
 PROG = "python -m robustbench_convnorm.evaluate"
-#: the training method of an outside model's record (the leaderboard's "method" column)
-TRAIN_METHOD = "external"
+TRAIN_METHOD = EXTERNAL_METHOD
 _log = logs.get_logger("evaluate")
 
 
@@ -96,7 +96,7 @@ def _record(cfg: Config, run_id: str, name: str, spec: str, checkpoint: Optional
         "seed": seed, "grid_seeds": [seed], "grid_axes": {}, "config": config,
         "external": {"model": spec, "checkpoint": checkpoint, "checkpoint_sha256": sha},
         "metrics": {}, "evaluations": {}, "flags": [], "lipschitz": None,
-        "params": sum(p.numel() for p in model.parameters()), "timings": {},
+        "params": trainable_params(model), "timings": {},
         "versions": versions(), "git_sha": git_sha(), "device": str(device),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data_note": data.note, "data_root": expand_root(cfg.data.root), "worker": None,

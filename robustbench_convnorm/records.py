@@ -15,12 +15,19 @@ from . import atomic
 
 RECORD = "record.json"
 SCHEMA = 1
+#: the training method of an outside model's record (evaluate --model; the leaderboard's "method" column)
+EXTERNAL_METHOD = "external"
 _PACKAGES = ("torch", "torchattacks", "numpy", "pandas", "robustbench_convnorm")
 
 
 def write_json_atomic(obj: Any, path) -> None:
     """The record (or any JSON) written atomically; see atomic.py."""
     atomic.write_json(path, obj)
+
+
+def trainable_params(model) -> int:
+    """The record's "params": the number of trainable parameters (the leaderboard's column)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def read_record(run_dir) -> Optional[Dict[str, Any]]:

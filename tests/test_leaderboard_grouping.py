@@ -115,3 +115,20 @@ def test_variant_names_the_differences_readably(tmp_path):
     labels = sorted(g.label for g in lb.groups)
     assert labels == ["sn [kernel=5, lr=0.01]", "sn [lr=0.01, override lr=0.01]", "sn [lr=0.01]", "sn [lr=0.1]"]
     assert len(set(variants(lb.groups).values())) == 4
+
+
+def test_an_outside_model_neither_misses_nor_adds_the_trained_grids_seeds(tmp_path):
+    """A trained model of seeds 0 and 1 beside an outside model evaluated once
+    with seed 5: each is complete; neither row reports the other's seeds missing."""
+    res = tmp_path / "r"
+    for seed in (0, 1):
+        write(res, make_record(normalizer="sn", seed=seed, seeds=[0, 1]))
+    write(res, make_record(normalizer="mine", seed=5, train_method="external"))
+    lb = assemble(res)
+    rows = {g.key[2]: g for g in lb.groups}
+    assert rows["sn"].expected == [0, 1] and not rows["sn"].missing
+    assert rows["mine"].expected == [5] and not rows["mine"].missing
+    build_leaderboard(res, plots=False)
+    table = pd.read_csv(res / "leaderboard.csv")
+    assert set(table["status"]) == {"ok"}, table[["model", "status"]]
+    assert list(table.sort_values("model")["n_expected"]) == [1, 2]

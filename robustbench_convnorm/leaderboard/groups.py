@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 from .. import identity
+from ..records import EXTERNAL_METHOD
 from .metrics import MetricInfo
 from .records import Run
 
@@ -145,11 +146,20 @@ def make_groups(runs: Sequence[Run], info: MetricInfo) -> List[Group]:
     for r in runs:
         by_key.setdefault(r.key, []).append(r)
     # run records hold only their own seed in config.seeds; the grid's seeds are
-    # the union of every configured and every seen seed under RESULTS_DIR.
-    expected = {r.seed for r in runs if r.seed is not None}
-    for r in runs:
+    # the union of every configured and every seen seed of the trained runs under
+    # RESULTS_DIR. An outside model is one evaluation: it expects its own seeds
+    # alone, and its seed is not one the trained models miss.
+    trained = [r for r in runs if r.key[4] != EXTERNAL_METHOD]
+    expected = {r.seed for r in trained if r.seed is not None}
+    for r in trained:
         expected.update(r.expected_seeds or ())
-    groups = [Group(key=key, runs=by_key[key], expected=sorted(expected)) for key in sorted(by_key, key=sortable)]
+
+    def expected_of(members: List[Run]) -> List:
+        if members[0].key[4] != EXTERNAL_METHOD:
+            return sorted(expected)
+        return sorted({r.seed for r in members if r.seed is not None})
+    groups = [Group(key=key, runs=by_key[key], expected=expected_of(by_key[key]))
+              for key in sorted(by_key, key=sortable)]
     labels = variants(groups)
     for g in groups:
         by_seed: Dict[Any, List[Run]] = {}

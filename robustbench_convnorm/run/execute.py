@@ -16,7 +16,7 @@ from ..checkpoints import CheckpointError
 from ..config import ConfigError, RunSpec, to_dict
 from ..data import DataError, expand_root, load_full, prepare_data
 from ..lock import LOCK_FILE, LockLost, RunLocked, read_lock, worker_identity
-from ..records import RECORD, environment, new_record, read_record, write_json_atomic
+from ..records import RECORD, environment, new_record, read_record, trainable_params, write_json_atomic
 from ..registry import RegistryError
 from .evaluation import evaluate_into
 
@@ -104,7 +104,7 @@ def _prepare_model(spec: RunSpec, device, data_cache, record, log):
     record["data_root"] = expand_root(spec.config.data.root)  # the config keeps ${ROBUSTBENCH_DATA...} as written
     meta = model_meta(data)
     model = build_run_model(spec.config, meta).to(device)
-    record["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    record["params"] = trainable_params(model)
     switches = speed.resolve(spec.config.speed, device, spec.normalizer.name)
     forward = speed.prepare_model(model, switches, log)
     record["speed"] = switches.as_dict()
