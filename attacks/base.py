@@ -253,11 +253,13 @@ def attack_batches(ev: Evaluator, model: nn.Module, x: torch.Tensor, y: torch.Te
 
 def add_totals(a: Any, b: Any) -> Any:
     """a + b for totals: numbers add, dicts add per key, lists element by
-    element (None when their lengths differ: the sum is then meaningless)."""
+    element. None where the sum is meaningless: lists of different lengths,
+    and a dict key that only one side has (a total that only some batches
+    reported would otherwise be a partial sum)."""
     if a is None or b is None:
         return None
     if isinstance(a, dict):
-        return {k: add_totals(a.get(k, 0), b.get(k, 0)) if k in a and k in b else a.get(k, b.get(k))
+        return {k: add_totals(a[k], b[k]) if k in a and k in b else None
                 for k in list(a) + [k for k in b if k not in a]}
     if isinstance(a, (list, tuple)):
         return [u + v for u, v in zip(a, b)] if len(a) == len(b) else None

@@ -159,3 +159,30 @@ def test_bad_shard_settings_are_single_clear_messages():
         evaluate(SmallConv(), x, y, {}, device="cpu", shard=(0, 2))
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         evaluate(SmallConv(), x, y, {}, device="cpu", shard=(2, 2), gather=lambda o: [o, o])
+
+
+def test_a_total_only_some_batches_report_is_no_total():
+    """A total missing from some batches is None, never the partial sum of the
+    batches that had it (PGD's loss curve would divide it by every example)."""
+    import numpy as np
+
+    from attacks.base import BatchOutcome, add_totals, combine
+    from attacks.pgd import PGD
+
+    assert add_totals({"a": 1, "b": [1, 2]}, {"a": 2, "b": [3, 4]}) == {"a": 3, "b": [4, 6]}
+    assert add_totals({"a": 1, "b": 5}, {"a": 2}) == {"a": 3, "b": None}
+    assert add_totals({"a": 1}, {"a": 2, "c": 7}) == {"a": 3, "c": None}
+    assert add_totals({"v": {"x": 1, "y": 2}}, {"v": {"x": 1}}) == {"v": {"x": 2, "y": None}}
+
+    def part(n, loss_sums=None):
+        columns = {"correct": np.ones(n, bool), "adv_correct": np.ones(n, bool), "linf": np.zeros(n),
+                   "l2": np.zeros(n)}
+        totals = {"validity": {"nonfinite": 0, "outside_range": 0, "outside_ball": 0}}
+        if loss_sums is not None:
+            totals["loss_sums"] = loss_sums
+        return BatchOutcome(per_example=columns, totals=totals)
+
+    ev = PGD(steps=2)
+    assert combine(ev, [part(4, [4.0, 8.0]), part(4, [4.0, 8.0])]).info["loss_curve"] == [1.0, 2.0]
+    for parts in ([part(4, [4.0, 8.0]), part(4)], [part(4), part(4, [4.0, 8.0])]):
+        assert "loss_curve" not in combine(ev, parts).info
