@@ -59,12 +59,24 @@ def kernel_rfft2(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def circular_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
     """Pad the last two dims by wrapping around, any number of times: F.pad's
-    circular mode wraps at most once, so it fails on inputs smaller than the
-    padding (a 5x5 kernel on a 3x3 input)."""
+    circular mode (one copy, the fast path) where the padding fits, that is
+    wraps at most once; two index_selects on inputs smaller than the padding
+    (a 5x5 kernel on a 3x3 input), where F.pad fails."""
+    h, w = x.shape[-2:]
+    if x.dim() in (3, 4) and min(top, bottom, left, right) >= 0 and max(top, bottom) <= h and max(left, right) <= w:
+        return F.pad(x, (left, right, top, bottom), mode="circular")
+    return _circular_pad_index(x, top, bottom, left, right)
+
+
+def _circular_pad_index(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """``circular_pad`` by index_select, for any padding. Columns first, then
+    rows: the backward then sums a gradient's wrapped copies in F.pad's order
+    (rows, then columns), so where the padding fits the two agree bit for bit
+    (values always; gradients where no element is copied to both sides)."""
     h, w = x.shape[-2:]
     rows = torch.arange(-top, h + bottom, device=x.device) % h
     cols = torch.arange(-left, w + right, device=x.device) % w
-    return x.index_select(-2, rows).index_select(-1, cols)
+    return x.index_select(-1, cols).index_select(-2, rows)
 
 
 def _filter(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
