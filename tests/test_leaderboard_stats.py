@@ -1,6 +1,7 @@
 """Uncertainty a reader can trust (issue 16, item 2): an interval for every
 accuracy, and "tied" where the exact McNemar test on the same examples finds no
 significant difference from the model ranked just above."""
+import html
 import math
 
 import numpy as np
@@ -113,7 +114,12 @@ def test_simba_rates_on_different_images_use_fishers_test(tmp_path):
         rec["metrics"].pop("worst_case_acc")
         rec["evaluations"]["simba"]["n_images"] = 1000
         write(res, rec)
-    df = pd.read_csv(build_leaderboard(res, formats=[], plots=False)["csv"]).set_index("normalizer")
+    paths = build_leaderboard(res, formats=["md", "tex", "html"], plots=False)
+    df = pd.read_csv(paths["csv"]).set_index("normalizer")
+    # every caption names the test the ties came from
+    for fmt in ("md", "tex", "html"):
+        text = html.unescape(paths[fmt].read_text())
+        assert "Fisher's exact test on the success counts" in text and "McNemar" not in text, fmt
     assert list(df.index) == ["convnorm", "oni", "sn"]
     assert df.loc["oni", "tied_with_above"] == True  # noqa: E712  535/1000 against 559/1000
     assert df.loc["sn", "tied_with_above"] == False  # noqa: E712  559/1000 against 606/1000

@@ -21,7 +21,7 @@ from .groups import Group, value_text
 from .metrics import example_count, is_proportion, lower_is_better
 from .model_plots import model_png
 from .plots import PLOTS
-from .render_markdown import how_ranked
+from .render_markdown import how_ranked, tie_test
 from .renderers import register_renderer
 from .settings import data_phrase, describe
 from .stats import wilson_interval
@@ -60,7 +60,7 @@ def settings_rows(lb: Leaderboard) -> List[tuple]:
     rows.append(("AutoAttack", ", ".join(f"version {v}" for v in s.autoattack_versions) or "not run"))
     rows.append(("Intervals", "95%: Wilson's score interval from the number of test examples for one seed; "
                               "the t interval of the mean over seeds for several"))
-    rows.append(("Ties", f"exact McNemar test against the model ranked just above, on the same test examples, "
+    rows.append(("Ties", f"against the model ranked just above: {tie_test(lb)}, "
                          f"α = {lb.alpha:g}; \"tied\" where p ≥ {lb.alpha:g}"))
     return rows
 
@@ -216,7 +216,7 @@ def render(lb: Leaderboard) -> str:
     env = _environment()
     caption = (how_ranked(lb).replace("**", "") if lb.rank_metric else "Not ranked: no metric to rank by.")
     caption += (f" Cells: mean ± sample std over finished seeds, or the mean with its 95% interval. "
-                f"\"(tied)\": not significantly different from the model above (exact McNemar, α = {lb.alpha:g}); "
+                f"\"(tied)\": not significantly different from the model above ({tie_test(lb)}, α = {lb.alpha:g}); "
                 f"\"vs above\" gives the p-value (hover for the counts). Evaluated on {data_phrase(lb.settings)}.")
     plots = [{"title": _PLOT_TITLES.get(k, k), "uri": _uri(p.read_bytes()),
               "pdf": f"{PLOTS[k]}.pdf" if f"{k}_pdf" in lb.plots else None}

@@ -11,6 +11,7 @@ from typing import List
 
 from . import cells
 from .board import Leaderboard
+from .render_markdown import tie_test
 from .renderers import register_renderer
 from .settings import data_phrase, describe
 from .table import metric_columns
@@ -87,7 +88,7 @@ def ranked_table(lb: Leaderboard, ds: str, sub) -> List[str]:
     ranked = tex(lb.info.title(lb.rank_metric)) if lb.rank_metric else "nothing"
     caption = (f"{tex(ds)}: models ranked by {ranked}. Mean $\\pm$ std over seeds with the 95\\% interval "
                f"(Wilson for one seed, t over seeds). (tied): not significantly different from the model ranked "
-               f"just above (exact McNemar test on the same test examples, $\\alpha = {lb.alpha:g}$). "
+               f"just above ({tex(tie_test(lb))}, $\\alpha = {lb.alpha:g}$). "
                + _settings_sentence(lb))
     header = ["Rank", "Model", "Seeds"] + [tex(lb.info.title(m)) for m in cols]
     return tabular(header, rows, "rl" + "c" * (len(cols) + 1), caption, f"tab:ranked-{_label(str(ds))}")

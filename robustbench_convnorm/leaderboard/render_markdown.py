@@ -32,6 +32,18 @@ def how_ranked(lb: Leaderboard) -> str:
     return f"Ranked within each dataset by **{lb.info.title(m)}**{why}, {how}."
 
 
+_TIE_TESTS = {"McNemar exact": "exact McNemar test on the same test examples",
+              "Fisher exact": "Fisher's exact test on the success counts, unpaired"}
+
+
+def tie_test(lb: Leaderboard) -> str:
+    """The test(s) behind the "(tied)" marks, as the ranking ran them (ranking.compare
+    falls back from McNemar to Fisher for rates without paired outcomes)."""
+    used = {str(t).split(":")[0] for t in lb.df.get("test_vs_above", ())}
+    named = [phrase for test, phrase in _TIE_TESTS.items() if test in used]
+    return "; ".join(named) or _TIE_TESTS["McNemar exact"]
+
+
 def intro(lb: Leaderboard) -> List[str]:
     lines = [f"Built from the run records under `{lb.results_dir}`; cells are mean ± sample std over "
              "finished seeds (the mean alone for one seed), then the 95% interval in brackets: "
@@ -39,7 +51,7 @@ def intro(lb: Leaderboard) -> List[str]:
              "over seeds for several. Accuracies and rates in %."]
     if lb.rank_metric:
         lines.append(how_ranked(lb) + f" \"(tied)\": not significantly different from the model ranked "
-                     f"just above (exact McNemar test on the same test examples, α = {lb.alpha:g}).")
+                     f"just above ({tie_test(lb)}, α = {lb.alpha:g}).")
         lines.append(f"Evaluated: {describe(lb.rank_metric, lb.settings, lb.info)} on {data_phrase(lb.settings)}.")
     return lines
 
