@@ -94,7 +94,25 @@ def test_export_robustbench_model_info(results, tmp_path):
     assert sn["seeds"] == [0, 1] and sn["accuracies"]["pgd20_acc"]["std"] == pytest.approx(0.7071, abs=1e-4)
     lo, hi = sn["accuracies"]["autoattack_acc"]["ci95"]
     assert lo < 41.5 < hi and sn["accuracies"]["autoattack_acc"]["interval"] == "t over seeds"
+    assert sn["accuracies"]["pgd20_acc"]["interval"] == "t over seeds"
     # no AutoAttack for oni: RobustBench's field stays empty and the entry says what stands in for it
     assert oni["autoattack_acc"] is None and oni["autoattack_version"] is None
     assert oni["robust_metric"] == "pgd20_acc" and oni["robust_acc"] == pytest.approx(41.0)
     assert "AutoAttack was not run" in oni["footnote"]
+
+
+def test_export_names_the_interval_each_accuracy_has(tmp_path):
+    """Two seeds, one of which ran PGD-50 too: PGD-50's interval is Wilson's over
+    its one run, not the t interval over seeds that the entry's two seeds suggest."""
+    res = tmp_path / "results"
+    write(res, make_record(normalizer="sn", seed=0, seeds=[0, 1]))
+    write(res, make_record(normalizer="sn", seed=1, seeds=[0, 1], pgd20=45.0, extra_evals={
+        "pgd50": {"kind": "whitebox", "eps": EPS, "step": 2 / 255, "steps": 50, "restarts": 1, "n": 1000,
+                  "acc": 43.0}}))
+    written = build_leaderboard(res, tmp_path / "lb", formats=[], export=["robustbench"], plots=False)
+    (entry,) = [json.loads(p.read_text()) for p in written["export_robustbench"].rglob("*.json")]
+    assert entry["seeds"] == [0, 1]
+    assert entry["accuracies"]["pgd20_acc"]["interval"] == "t over seeds"
+    pgd50 = entry["accuracies"]["pgd50_acc"]
+    assert pgd50["interval"] == "wilson" and pgd50["std"] is None
+    assert pgd50["ci95"][0] < 43.0 < pgd50["ci95"][1]

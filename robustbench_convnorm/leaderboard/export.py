@@ -85,11 +85,11 @@ def model_info(lb: Leaderboard, row, g: Group) -> Dict[str, Any]:
     if aa is None:
         entry["footnote"] = (f"AutoAttack was not run; robust_acc is {lb.info.title(robust)}." if robust
                              else "AutoAttack was not run.")
-    for m in lb.info.names:
+    for m in lb.info.names:  # table.metric_stats: the t interval where the metric has two or more seeds, else Wilson's
         if m.endswith("_acc") and not isnan(row.get(f"{m}_mean")):
             entry["accuracies"][m] = {"mean": _number(row[f"{m}_mean"]), "std": _number(row[f"{m}_std"]),
                                       "ci95": [_number(row[f"{m}_ci_lo"]), _number(row[f"{m}_ci_hi"])],
-                                      "interval": "wilson" if len(entry["seeds"]) == 1 else "t over seeds"}
+                                      "interval": "wilson" if isnan(row[f"{m}_std"]) else "t over seeds"}
     return entry
 
 
