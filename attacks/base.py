@@ -48,7 +48,7 @@ __all__ = [
     "KINDS", "BatchOutcome", "EvalOutcome", "Evaluator", "add_totals", "as_bool", "as_choice", "as_float", "as_int",
     "attack_batches", "batch_generator", "batches", "check_columns", "combine", "draw_seed", "example_seeds",
     "format_value", "fraction_text", "mix_seed", "model_device", "name_suffix", "percent", "perturbation_norms",
-    "seeded_global_rng",
+    "plan_batches", "seeded_global_rng",
 ]
 
 KINDS = ("clean", "whitebox", "blackbox")
@@ -204,9 +204,7 @@ class Evaluator:
         seed (``generator`` seeded with the evaluator seed) and batch size."""
         if not self.batchwise:
             raise NotImplementedError(f"{type(self).__name__} implements neither run nor attack_batch")
-        base = draw_seed(generator)
-        self.prepare(model, x, y)
-        spans = list(batches(len(x), self.batch_size_for(batch_size)))
+        base, spans = plan_batches(self, model, x, y, generator, batch_size)
         parts = attack_batches(self, model, x, y, base, spans, range(len(spans)))
         return combine(self, [parts[b] for b in range(len(spans))])
 
@@ -234,6 +232,16 @@ def batch_generator(base: int, batch_index: int) -> torch.Generator:
 def example_seeds(base: int, start: int, stop: int) -> np.ndarray:
     # odd indices: never the same seed as a batch's generator
     return np.array([mix_seed(base, 2 * i + 1) for i in range(start, stop)], dtype=np.int64)
+
+
+def plan_batches(ev: Evaluator, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                 batch_size: int) -> Tuple[int, List[Tuple[int, int]]]:
+    """(base seed, batch spans) of a batchwise evaluator: the seed drawn from
+    ``generator`` (seeded with the evaluator seed), then ``ev.prepare`` with
+    every input, then the spans at ``ev.batch_size_for(batch_size)``."""
+    base = draw_seed(generator)
+    ev.prepare(model, x, y)
+    return base, list(batches(len(x), ev.batch_size_for(batch_size)))
 
 
 def attack_batches(ev: Evaluator, model: nn.Module, x: torch.Tensor, y: torch.Tensor, base: int,

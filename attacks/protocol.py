@@ -58,7 +58,7 @@ from ._config import DEFAULT_CONFIG, build_evaluators, evaluator_seed, resolve_c
 from ._progress import Progress
 from ._selection import pick_correct, to_float
 from ._sharding import Shard, ordered_union
-from .base import EvalOutcome, Evaluator, attack_batches, batches, combine, draw_seed, fraction_text
+from .base import EvalOutcome, Evaluator, attack_batches, combine, fraction_text, plan_batches
 
 __all__ = ["DEFAULT_CONFIG", "PROBE_EXAMPLES", "EvaluationReport", "build_evaluators", "evaluate", "evaluator_seed",
            "resolve_config"]
@@ -110,9 +110,8 @@ def _run_share(ev: Evaluator, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     before = checks.state_fingerprint(model)
     t0 = time.perf_counter()
     if ev.batchwise:
-        base = draw_seed(torch.Generator().manual_seed(ev_seed))
-        ev.prepare(model, x, y)         # on every rank: finish() may need what it learns
-        spans = list(batches(len(x), ev.batch_size_for(batch_size)))
+        # prepare() on every rank: finish() may need what it learns
+        base, spans = plan_batches(ev, model, x, y, torch.Generator().manual_seed(ev_seed), batch_size)
         mine = team.mine(len(spans))
         with Progress(len(mine), ev.name, log) as bar:
             payload: Dict[str, Any] = {"parts": attack_batches(ev, model, x, y, base, spans, mine, bar.update)}
