@@ -10,7 +10,7 @@ waiting in the next gather.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 from ._state import StateChangedError
 
@@ -56,13 +56,3 @@ class Shard:
                 raise kind(f"rank {rank} of {self.world} failed: {err[0]}: {err[1]}")
         return [value for value, _ in got]
 
-
-def ordered_union(lists: Sequence[Sequence[Tuple[str, str]]]) -> List[Tuple[str, str]]:
-    """Every (flag, note) pair of the ranks' lists, first occurrence first."""
-    seen, out = set(), []
-    for pairs in lists:
-        for flag, note in pairs:
-            if flag not in seen:
-                seen.add(flag)
-                out.append((flag, note))
-    return out

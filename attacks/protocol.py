@@ -57,7 +57,7 @@ from . import checks
 from ._config import DEFAULT_CONFIG, build_evaluators, evaluator_seed, resolve_config
 from ._progress import Progress
 from ._selection import pick_correct, to_float
-from ._sharding import Shard, ordered_union
+from ._sharding import Shard
 from .base import EvalOutcome, Evaluator, attack_batches, combine, fraction_text, plan_batches
 
 __all__ = ["DEFAULT_CONFIG", "PROBE_EXAMPLES", "EvaluationReport", "build_evaluators", "evaluate", "evaluator_seed",
@@ -228,7 +228,8 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, eval_
             return flags, shares
 
         gathered = team.run_and_gather(probe_and_clean)
-        add_flags(ordered_union([flags for flags, _ in gathered]))
+        for flags, _ in gathered:      # every rank's flags; add_flags keeps each flag's first note
+            add_flags(flags)
         for ev in first:
             outcomes[ev.name] = _merge(ev, [shares[ev.name] for _, shares in gathered])
             log_outcome(ev)
