@@ -16,7 +16,7 @@ from .. import atomic
 from .formatting import format_report
 from .layers import InputShapeError, find_conv_layers
 from .plot import plot_layer_norms
-from .report import model_report
+from .report import _nonfinite, model_report
 from .convnorm_table9 import format_table9, read_records, record_paths, table9
 
 __all__ = ["CLIError", "main"]
@@ -134,12 +134,7 @@ def _load(path: Path) -> Dict[str, Any]:
     return ckpt
 
 
-def _nonfinite_weights(model: nn.Module) -> List[str]:
-    return [n for n, t in model.state_dict().items()
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
-
-
-def _input_shape(args, ckpt: Dict[str, Any], model: nn.Module, run_config: Optional[dict]) -> Tuple[List[int], str]:
+def _input_shape(args, ckpt: Dict[str, Any], model: nn.Module) -> Tuple[List[int], str]:
     if args.input_shape:
         return list(args.input_shape), "from --input-shape"
     meta = ckpt.get("model_meta") or {}
@@ -194,17 +189,17 @@ def _report(args) -> int:
     from ..checkpoints import load_model
 
     try:
-        model, run_config = load_model(path, device=device)
+        model, _ = load_model(path, device=device)
     except Exception as err:  # noqa: BLE001 - a config or state this version cannot rebuild
         raise CLIError(f"{path}: cannot rebuild the model from its saved config and weights "
                        f"({type(err).__name__}: {str(err).strip()[:300]}); it was probably written by another "
                        f"version of the harness: use that version, or rebuild the model in Python") from None
-    bad = _nonfinite_weights(model)
+    bad = _nonfinite(model)
     if bad:
         raise CLIError(f"{path}: the model's weights hold NaN or inf ({len(bad)} tensors, e.g. "
                        f"{', '.join(bad[:3])}): the run diverged before this checkpoint; use an earlier "
                        f"checkpoint or rerun with a lower learning rate")
-    shape, how = _input_shape(args, ckpt, model, run_config)
+    shape, how = _input_shape(args, ckpt, model)
     try:
         report = model_report(model, shape, power_iters=args.power_iters, tn_restarts=args.tn_restarts,
                               tn_rounds=args.tn_rounds, exact=not args.no_exact)
