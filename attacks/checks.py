@@ -224,15 +224,15 @@ def broken_in_threat_model(r: Result, threat: Optional[Tuple[str, float]]) -> Op
 
 
 def worst_case_correct(results: Sequence[Result], threat: Optional[Tuple[str, float]] = None, *,
-                       kinds: Sequence[str] = ("whitebox", "blackbox"),
-                       infer: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                       kinds: Sequence[str] = ("whitebox", "blackbox")) -> Tuple[np.ndarray, np.ndarray]:
     """(index, survived): the examples the clean evaluator saw (sorted test-set
     indices; without one, those every white-box evaluator saw) and, per
     example, whether it is clean-correct and no attack of ``kinds`` broke it
     inside the threat model's ball. An attack that did not see an example
     (SimBA on its subset) does not count for it. The worst-case accuracy is the
-    mean of ``survived``, not a minimum of per-attack means."""
-    if threat is None and infer:
+    mean of ``survived``, not a minimum of per-attack means. ``threat=None``:
+    the one ``infer_threat_model(results)`` gives."""
+    if threat is None:
         threat = infer_threat_model(results)
     clean = next((r for r in results if r.kind == "clean"), None)
     if clean is not None:

@@ -306,9 +306,8 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, eval_
                 metrics[f"{r.name}_{key}"] = r.metrics.get(key)
         clean = next(r for r in results if r.kind == "clean")
         metrics["clean_acc"] = clean.metrics.get("acc")
-        worst = {"worst_case_correct": checks.worst_case_correct(results, threat, infer=False),
-                 "worst_case_whitebox_correct": checks.worst_case_correct(results, threat, kinds=("whitebox",),
-                                                                          infer=False)}
+        worst = {"worst_case_correct": checks.worst_case_correct(results, threat),
+                 "worst_case_whitebox_correct": checks.worst_case_correct(results, threat, kinds=("whitebox",))}
         for col, (_, survived) in worst.items():
             metrics[col.replace("_correct", "_acc")] = float(100.0 * survived.mean()) if len(survived) else None
 
