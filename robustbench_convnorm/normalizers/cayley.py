@@ -34,20 +34,14 @@ is a constant: input gradients are exact, but no gradient reaches the weights.
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import torch
 from torch import nn
 
 from .base import Normalizer
+from .convnorm_ops import pair
 from .registry import register_normalizer
 from .weight_cache import ParameterCache
-
-
-def _pair(value) -> Tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
 
 
 def cayley_transform(w: torch.Tensor) -> torch.Tensor:
@@ -84,13 +78,13 @@ class CayleyConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = False):
         super().__init__()
-        sh, sw = _pair(stride)
+        sh, sw = pair(stride)
         if sh != sw or sh < 1:
             raise ValueError(f"cayley: needs equal positive strides, got {stride}")
-        kh, kw = _pair(kernel_size)
+        kh, kw = pair(kernel_size)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.stride = (sh, sw)
-        self.padding = _pair(padding)  # kept for reference only: the layer is circular
+        self.padding = pair(padding)  # kept for reference only: the layer is circular
         # Space-to-depth for stride s: s*s more input channels, kernel max(1, k // s).
         self.kernel_size = (max(1, kh // sh), max(1, kw // sw))
         self.conv_in_channels = self.in_channels * sh * sw
