@@ -75,7 +75,7 @@ def all_bounds(weight: torch.Tensor, stride: IntPair = 1, input_size: Optional[I
         status = "ok"
         if tn < floor * (1 - CHECK_RTOL):
             witness = None
-            if input_size is not None and divisible(input_size, stride):
+            if exact is not None:  # the input size is known and divisible by the stride
                 witness = [v.reshape(1, -1) for v in circular_norm_witness(w, pair(input_size), stride).vectors]
             again = hopm_search(k, n_iter=2 * tn_iters, restarts=max(8, 4 * tn_restarts), rounds=2 * tn_rounds,
                                 starts=witness, generator=generator)
