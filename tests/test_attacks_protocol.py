@@ -208,8 +208,8 @@ def test_worst_case_acc_takes_every_attack_of_the_threat_model():
 
 
 def test_progress_lines_with_rate_and_time_left_when_output_is_redirected(monkeypatch):
-    import attacks._progress
-    monkeypatch.setattr(attacks._progress, "INTERVAL_S", 0.0)
+    from robustbench_convnorm import progress
+    monkeypatch.setenv(progress.INTERVAL_ENV, "0")
     x, _ = _data()
     with torch.no_grad():
         y = Tiny()(x.float() / 255).argmax(1)
