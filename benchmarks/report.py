@@ -165,13 +165,32 @@ def update_doc(doc: Path = DOC) -> Path:
 #: a benchmarks.gpu_check result file -> the record it becomes under results/cuda/
 GPU_CHECK_RECORDS = {"replay.csv": "normalizers.csv", "fast_path.csv": "fast_path.csv",
                      "attacks.csv": "attacks.csv", "table8.csv": "table8.csv"}
+#: a benchmarks.gpu_check result file -> the parts whose rows it holds
+GPU_CHECK_PARTS = {"replay.csv": ("replay",), "fast_path.csv": ("fast_path", "compile"),
+                   "attacks.csv": ("attacks",), "table8.csv": ("table8",)}
+
+
+def unfinished_parts(check: Dict, name: str) -> List[str]:
+    """'part (status: note)' for each part behind the result file ``name`` that
+    did not finish ok in the check (``check.json``): a cut or failed part
+    leaves the rows it wrote before it stopped, a skipped one none."""
+    parts = {p.get("name"): p for p in check.get("parts", [])}
+    out = []
+    for part in GPU_CHECK_PARTS.get(name, ()):
+        p = parts.get(part)
+        if p is None:
+            out.append(f"{part} (not in check.json)")
+        elif p.get("status") != "ok":
+            out.append(f"{part} ({p.get('status')}" + (f": {p['note']}" if p.get("note") else "") + ")")
+    return out
 
 
 def record_gpu_check(folder: Path, results: Optional[Path] = None) -> List[Path]:
     """Copy the measurements of a ``benchmarks.gpu_check`` folder that ran on a
     GPU into ``benchmarks/results/cuda/`` (a file the check did not write
-    leaves the recorded one alone). A rehearsal, or a check that found no
-    GPU, is refused: its numbers are not CUDA numbers."""
+    leaves the recorded one alone, and so does a file whose parts did not all
+    finish ok: a cut part's rows are a part of the table). A rehearsal, or a
+    check that found no GPU, is refused: its numbers are not CUDA numbers."""
     folder = Path(folder)
     check = json.loads((folder / "check.json").read_text())
     if check.get("mode") != "gpu" or not check.get("environment", {}).get("cuda_available"):
@@ -181,8 +200,15 @@ def record_gpu_check(folder: Path, results: Optional[Path] = None) -> List[Path]
     written = []
     for name, record in GPU_CHECK_RECORDS.items():
         source = folder / name
-        if source.exists() and source.stat().st_size:
-            written.append(atomic.write_bytes(target / record, source.read_bytes()))
+        if not source.exists() or not source.stat().st_size:
+            continue
+        unfinished = unfinished_parts(check, name)
+        if unfinished:
+            kept = "kept the recorded" if (target / record).exists() else "recorded no"
+            print(f"{kept} {target / record}: {name} of {folder} may lack rows, since part(s) "
+                  f"{', '.join(unfinished)} did not finish ok", file=sys.stderr)
+            continue
+        written.append(atomic.write_bytes(target / record, source.read_bytes()))
     return written
 
 

@@ -3,7 +3,8 @@
     python -m benchmarks.verdicts PATH [--device cuda]
 
 PATH is a fast-path CSV (``benchmarks.fast_path``) or a ``benchmarks.gpu_check``
-result folder (its ``fast_path.csv``). Prints the table entries the rows
+result folder (its ``fast_path.csv``; a note says when a part behind it was
+cut or failed, per the folder's ``check.json``). Prints the table entries the rows
 support and the evidence for each, to be pasted into
 ``robustbench_convnorm/speed.py`` with the date and the device. The rule is
 the one the CPU table was made by: a switch is on where it measured at least
@@ -30,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from benchmarks.report import unfinished_parts
 from robustbench_convnorm.speed import SWITCHES, TORCH_DEFAULTS
 
 PER_NORMALIZER = ("channels_last", "cudnn_benchmark", "compile")
@@ -131,6 +134,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows = read_rows(Path(args.path))
     table, amp, notes = derive(rows, args.device)
+    check = Path(args.path) / "check.json"
+    if check.is_file():  # a gpu_check folder: its fast_path.csv lacks the rows of a part that did not finish
+        unfinished = unfinished_parts(json.loads(check.read_text()), "fast_path.csv")
+        if unfinished:
+            notes.append(f"fast_path.csv is incomplete: part(s) {', '.join(unfinished)} did not finish ok, so "
+                         "the rows it did not reach are missing from what these entries are derived from")
     print(render(table, amp, notes, rows, args.device), end="")
     return 0
 

@@ -144,10 +144,47 @@ def test_recording_takes_a_gpu_check_and_refuses_a_rehearsal(tmp_path):
     (check / "check.json").write_text(json.dumps({"mode": "rehearsal", "environment": {"cuda_available": False}}))
     with pytest.raises(ValueError, match="not a GPU check"):
         report.record_gpu_check(check, tmp_path / "results")
-    (check / "check.json").write_text(json.dumps({"mode": "gpu", "environment": {"cuda_available": True}}))
+    (check / "check.json").write_text(json.dumps({"mode": "gpu", "environment": {"cuda_available": True},
+                                                  "parts": [{"name": "replay", "status": "ok"}]}))
     written = report.record_gpu_check(check, tmp_path / "results")
     assert written == [tmp_path / "results" / "cuda" / "normalizers.csv"]
     assert "vanilla,512" in written[0].read_text()
+
+
+def test_recording_keeps_the_record_of_a_part_that_was_cut(tmp_path, capsys):
+    """A part stopped at its budget leaves a partial CSV (the benchmarks write
+    after every row): it must not replace the complete one recorded before."""
+    results = tmp_path / "results"
+    (results / "cuda").mkdir(parents=True)
+    recorded = "normalizer,batch\nvanilla,128\nvanilla,512\nconvnorm,128\nconvnorm,512\n"
+    (results / "cuda" / "normalizers.csv").write_text(recorded)
+    (results / "cuda" / "fast_path.csv").write_text("switch,normalizer\ncompile,vanilla\n")
+    check = tmp_path / "check"
+    check.mkdir()
+    (check / "replay.csv").write_text("normalizer,batch\nvanilla,128\n")            # cut after one row
+    (check / "fast_path.csv").write_text("switch,normalizer\nchannels_last,vanilla\n")  # compile's rows missing
+    (check / "attacks.csv").write_text("measure,median\nPGD-20,1.0\n")
+    (check / "check.json").write_text(json.dumps({
+        "mode": "gpu", "environment": {"cuda_available": True},
+        "parts": [{"name": "replay", "status": "cut", "note": "over its budget of 45 s"},
+                  {"name": "fast_path", "status": "ok"}, {"name": "compile", "status": "failed"},
+                  {"name": "attacks", "status": "ok"}, {"name": "table8", "status": "skipped"}]}))
+    written = report.record_gpu_check(check, results)
+    assert written == [results / "cuda" / "attacks.csv"]
+    assert (results / "cuda" / "normalizers.csv").read_text() == recorded
+    assert (results / "cuda" / "fast_path.csv").read_text() == "switch,normalizer\ncompile,vanilla\n"
+    err = capsys.readouterr().err
+    assert "normalizers.csv" in err and "replay (cut" in err and "compile (failed" in err
+
+
+def test_verdicts_of_a_folder_note_a_part_that_did_not_finish(tmp_path, capsys):
+    (tmp_path / "fast_path.csv").write_text("switch,normalizer,baseline,speedup,rel_diff,matches,verdict,error\n"
+                                            "channels_last,vanilla,plain,1.2,1e-06,True,on,\n")
+    (tmp_path / "check.json").write_text(json.dumps({"mode": "gpu", "parts": [
+        {"name": "fast_path", "status": "cut", "note": "over its budget"}, {"name": "compile", "status": "ok"}]}))
+    assert verdicts.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "# note: fast_path.csv is incomplete" in out and "fast_path (cut" in out
 
 
 def test_what_travels_is_the_tree_git_would_send_plus_the_carried_folders(tmp_path):
