@@ -32,7 +32,8 @@ import torch
 from . import checks
 from ._simba_core import (SCORES, Basis, SimBAResult, dct_matrix, n_coordinates, prob_saturated,  # noqa: F401
                           simba_attack)
-from .base import BatchOutcome, EvalOutcome, Evaluator, as_choice, as_float, as_int, fraction_text
+from .base import (BatchOutcome, EvalOutcome, Evaluator, as_choice, as_float, as_int, fraction_text,
+                   perturbation_norms)
 from .registry import register_evaluator
 
 __all__ = ["SCORES", "Basis", "SimBA", "SimBAResult", "dct_matrix", "n_coordinates", "prob_saturated",
@@ -138,18 +139,15 @@ class SimBA(Evaluator):
                 "linf": np.zeros(0), "saturated": np.zeros(0, bool)}
 
     def attack_batch(self, model, x, y, *, generator, example_seeds) -> BatchOutcome:
-        if self._n_coords is None:
-            self.prepare(model, x, y)
         cap = self._cap()
         orders = torch.stack([torch.randperm(self._n_coords, generator=torch.Generator().manual_seed(int(s)))[:cap]
                               for s in example_seeds]) if len(x) else torch.zeros((0, cap), dtype=torch.long)
         result = simba_attack(model, x, y, step=self.step, max_iters=cap, basis=self.basis,
                               linf_bound=self.linf_bound, freq_dims=self.freq_dims, batch_size=max(1, len(x)),
                               score=self.score, orders=orders)
-        delta = (result.x_adv.double() - x.double()).flatten(1)
+        linf, l2 = perturbation_norms(x, result.x_adv)
         per_example = {"correct": ~result.success.cpu().numpy(), "queries": result.queries.cpu().numpy(),
-                       "l2": delta.norm(dim=1).cpu().numpy(),
-                       "linf": delta.abs().amax(1).cpu().numpy() if len(delta) else np.zeros(0),
+                       "l2": l2.cpu().numpy(), "linf": linf.cpu().numpy(),
                        "saturated": result.saturated.cpu().numpy()}
         totals = {"validity": checks.validate_adversarial(x, result.x_adv, self.linf_bound, "Linf"),
                   "iterations": int(result.iterations.sum())}
