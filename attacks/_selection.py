@@ -22,6 +22,11 @@ def to_float(x_test: torch.Tensor, idx: np.ndarray, device, dtype, chunk: int) -
     return out
 
 
+def to_labels(y_test: torch.Tensor, idx: np.ndarray, device) -> torch.Tensor:
+    """y_test[idx] on ``device``."""
+    return y_test[torch.as_tensor(idx).to(y_test.device)].to(device)
+
+
 def pick_correct(wanted: Optional[int], order: np.ndarray, n_eval: int, head_correct: np.ndarray,
                  predict: Callable[[np.ndarray], np.ndarray], batch_size: int,
                  team: Shard) -> Tuple[np.ndarray, np.ndarray, int]:

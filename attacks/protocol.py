@@ -56,7 +56,7 @@ from torch import nn
 from . import checks
 from ._config import DEFAULT_CONFIG, build_evaluators, evaluator_seed, resolve_config
 from ._progress import Progress
-from ._selection import pick_correct, to_float
+from ._selection import pick_correct, to_float, to_labels
 from ._sharding import Shard
 from .base import EvalOutcome, Evaluator, attack_batches, combine, fraction_text, plan_batches
 
@@ -193,7 +193,7 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, eval_
         dtype = _model_dtype(model)
         chunk = max(batch_size, 1024)
         x_eval = to_float(x_test, eval_idx, device, dtype, chunk)
-        y_eval = y_test[torch.as_tensor(eval_idx).to(y_test.device)].to(device)
+        y_eval = to_labels(y_test, eval_idx, device)
         with torch.no_grad():
             n_classes = int(model(x_eval[:1]).shape[1]) if n_eval else None
         notes: Dict[str, str] = {}
@@ -246,18 +246,18 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, eval_
 
             def predict(idx):
                 xb = to_float(x_test, idx, device, dtype, batch_size)
-                yb = y_test[torch.as_tensor(idx).to(y_test.device)].to(device)
+                yb = to_labels(y_test, idx, device)
                 with torch.no_grad():
                     return (model(xb).argmax(1) == yb).cpu().numpy()
 
             picked, positions, walked = pick_correct(wanted, order, n_eval, head_correct, predict, batch_size, team)
+            # converted once; each evaluator gets a leading slice (a view)
+            x_picked, y_picked = to_float(x_test, picked, device, dtype, chunk), to_labels(y_test, picked, device)
             for ev, want in zip(choosers, wants):
                 m = len(picked) if want is None else min(want, len(picked))
                 if want is not None and m < want:
                     log(f"[eval] {ev.name}: only {m} correctly classified test examples (wanted {want})")
-                idx = picked[:m]
-                inputs[ev.name] = (idx, to_float(x_test, idx, device, dtype, chunk),
-                                   y_test[torch.as_tensor(idx).to(y_test.device)].to(device))
+                inputs[ev.name] = (picked[:m], x_picked[:m], y_picked[:m])
                 extra[ev.name] = {"n_examined": int(positions[m - 1]) + 1 if (want is not None and m == want) else
                                   int(walked),
                                   "selection": "first correctly classified along the seeded order"}
