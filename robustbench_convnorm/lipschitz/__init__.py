@@ -8,7 +8,7 @@ One module per job (docs/lipschitz.md explains each quantity):
   search the diagnostic runs (spread starts, confirmation rounds).
 - ``tensor_norms``: the bounds from the kernel alone: TN (Grishina et al.,
   ECCV 2024; HOPM gives a lower estimate of this upper bound), F4 (Singla &
-  Feizi 2021), flat. ``normalizers/tn.py`` takes all it needs from here.
+  Feizi 2021), flat.
 - ``probes``: the actual layer module as an operator: power iteration,
   channel spectra by impulse probes, whether the layer is ``conv2d(x, weight)``.
 - ``bounds``: one layer's weight-based columns, TN cross-checked against the

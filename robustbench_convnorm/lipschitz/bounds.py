@@ -16,8 +16,9 @@ from typing import Dict, Optional
 import torch
 
 from ._util import IntPair, pair
+from .power_method import hopm_search
 from .spectra import circular_norm_witness, circular_spectral_norm, divisible, reshape_strided_kernel
-from .tensor_norms import f4_bound, flat_bound, hopm_search, tn_scale
+from .tensor_norms import f4_bound, flat_bound, tn_scale
 
 __all__ = ["CHECK_RTOL", "all_bounds"]
 

@@ -11,7 +11,7 @@ so ``tn_bound`` returns a LOWER estimate of the TN bound, which is itself an
 upper bound on the norm. The default search is built to reach the global
 maximum (spread starts, confirmation rounds); the training penalty of
 ``normalizers/tn.py`` uses the cheaper ``hopm_starts`` and warm-started
-``hopm_batch``, re-exported here with everything else it needs.
+``hopm_batch`` (from ``power_method``).
 """
 from __future__ import annotations
 
@@ -21,17 +21,10 @@ from typing import List, Sequence, Union
 import torch
 
 from ._util import IntPair, pair
-from .power_method import _complex_dtype
-from .power_method import (HOPMResult, hopm, hopm_batch, hopm_search, hopm_start_count, hopm_starts, spread_starts,
-                   tensor_spectral_norm)
+from .power_method import _complex_dtype, hopm_search
 from .spectra import reshape_strided_kernel
 
-__all__ = [
-    "f4_bound", "f4_matricizations", "flat_bound", "tn_bound", "tn_scale", "tn_value",
-    # re-exported for normalizers/tn.py, which takes all it needs from here
-    "HOPMResult", "hopm", "hopm_batch", "hopm_search", "hopm_start_count", "hopm_starts", "reshape_strided_kernel",
-    "spread_starts", "tensor_spectral_norm",
-]
+__all__ = ["f4_bound", "f4_matricizations", "flat_bound", "tn_bound", "tn_scale", "tn_value"]
 
 
 def tn_scale(weight_shape: Sequence[int], stride: IntPair = 1) -> float:

@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..lipschitz import tensor_norms as lip
+from .. import lipschitz as lip  # the package exports every name used here
 from .base import Normalizer
 from .registry import register_normalizer
 
