@@ -38,7 +38,7 @@ from .distributed import record_fields
 from .external import ExternalModelError, build_model, check_model, load_factory, load_weights
 from .launch import merge
 from .lock import RunLocked, acquire, worker_identity
-from .records import (EXTERNAL_METHOD, RECORD, SCHEMA, environment, git_sha, trainable_params, versions,
+from .records import (EXTERNAL_METHOD, LOCKED, RECORD, SCHEMA, environment, git_sha, trainable_params, versions,
                       write_json_atomic)
 from .registry import RegistryError
 
@@ -176,7 +176,7 @@ def _evaluate(record: Dict[str, Any], model, data, cfg: Config, device) -> str:
         lock = acquire(run_dir, owner="evaluate")
     except RunLocked as err:
         print(f"error: {err}; wait for it to end", file=sys.stderr)
-        return "locked"
+        return LOCKED
     try:
         record["worker"] = worker_identity("evaluate")
         with logs.run_log(run_dir, f"{record['run_id']}: evaluate {record['external']['model']} "

@@ -15,6 +15,8 @@ from . import atomic
 
 RECORD = "record.json"
 SCHEMA = 1
+#: a run's outcome when another live worker holds its lock (the run is theirs to finish)
+LOCKED = "locked"
 #: the training method of an outside model's record (evaluate --model; the leaderboard's "method" column)
 EXTERNAL_METHOD = "external"
 _PACKAGES = ("torch", "torchattacks", "numpy", "pandas", "robustbench_convnorm")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_convnorm import run
+from robustbench_convnorm import lock, run
+from robustbench_convnorm.config import expand_grid, load_config
 from robustbench_convnorm.launch import merge
 
 from scaleout_util import (comparable, count_trainings, finish, leaderboard_runs, records, start, trained_runs,
@@ -84,6 +85,23 @@ def test_local_launcher_two_workers_gives_a_plain_runs_records(tmp_path, capsys)
     assert set(a) == set(b)                                                         # same run ids
     for run_id in a:
         assert comparable(a[run_id]) == comparable(b[run_id]), run_id
+
+
+def test_local_launcher_counts_a_run_held_by_another_worker_apart(tmp_path, capsys):
+    """A run whose lock a live worker holds is skipped: the closing line says it is
+    held, and does not count it as finished (its outcome is that worker's)."""
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "grid.yaml", out, grid={"train.method": ["natural", "free"]})
+    held_spec, free_spec = expand_grid(load_config(cfg))
+    held = lock.acquire(held_spec.run_dir)              # this test process is the other, live worker
+    try:
+        assert run.main([str(cfg), "--launcher", "local", "--workers", "2"]) == 0
+    finally:
+        held.release()
+    text = capsys.readouterr().out
+    assert "done: 1 finished, 0 not, 1 held by other workers" in text, text[-1500:]
+    recs = records(out)
+    assert set(recs) == {free_spec.run_id} and recs[free_spec.run_id]["status"] == "finished"
 
 
 @pytest.mark.slow

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import ConfigError, RunSpec
-from ..records import read_record
+from ..records import LOCKED, read_record
 from . import merge
 from .options import LauncherOptions
-from .worker import mark_lost, passed_flags, worker_argv, worker_env
+from .worker import done_line, mark_lost, passed_flags, worker_argv, worker_env
 
 __all__ = ["plan_slots", "run_local", "GRACE_SECONDS"]
 
@@ -157,9 +157,8 @@ def run_local(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Laun
     finally:
         signal.signal(signal.SIGTERM, previous)
     merge.build_if_complete(grid, cfg.output_dir)  # a no-op when the last worker built it
-    failed = sorted(r for r, status in outcome.items() if status not in ("finished", "locked"))
-    print(f"done: {len(outcome) - len(failed)} finished, {len(failed)} not"
-          + (f" ({', '.join(failed)})" if failed else ""))
+    line, failed = done_line(dict(sorted(outcome.items())))
+    print(line)
     return 1 if failed else 0
 
 
@@ -168,7 +167,7 @@ def _ended(spec: RunSpec, code: int, log_path: str, device: str) -> str:
     a verdict gets its run recorded as failed."""
     status = (read_record(spec.run_dir) or {}).get("status")
     if code == 0:  # finished, or skipped: finished already or held by another live worker
-        return status if status in ("finished", "failed") else "locked"
+        return status if status in ("finished", "failed") else LOCKED
     if status in (None, "running"):
         reason = f"its worker exited with code {code} without finishing it; see {log_path}"
         if mark_lost(spec, device, reason):

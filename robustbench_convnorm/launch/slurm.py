@@ -33,11 +33,11 @@ except ImportError as err:  # launch/__init__.py turns this into one message
 
 from .. import atomic
 from ..config import ConfigError, RunSpec
-from ..records import read_record
+from ..records import LOCKED, read_record
 from ..registry import closest
 from . import merge
 from .options import LauncherOptions
-from .worker import code_root, mark_lost, passed_flags, worker_argv
+from .worker import code_root, done_line, mark_lost, passed_flags, worker_argv
 
 __all__ = ["RunTask", "make_executor", "executor_parameters", "submit", "wait_and_report"]
 
@@ -215,7 +215,7 @@ def wait_and_report(jobs, specs: Sequence[RunSpec], grid: Sequence[RunSpec], cfg
             if status not in ("finished", "failed"):  # the task ended without a verdict on its run
                 why = _task_error(watch.job)
                 if why is None:
-                    status = "locked"  # it skipped the run: another live worker holds it
+                    status = LOCKED  # it skipped the run: another live worker holds it
                 else:
                     reason = f"task {watch.job.job_id} ended without finishing its run ({why}); " \
                              f"see {watch.job.paths.stderr}"
@@ -225,9 +225,8 @@ def wait_and_report(jobs, specs: Sequence[RunSpec], grid: Sequence[RunSpec], cfg
         if pending:
             time.sleep(opts.poll_seconds)
     merge.build_if_complete(grid, cfg.output_dir)
-    failed = sorted(r for r, s in statuses.items() if s not in ("finished", "locked"))
-    print(f"done: {len(statuses) - len(failed)} finished, {len(failed)} not"
-          + (f" ({', '.join(failed)})" if failed else ""))
+    line, failed = done_line(dict(sorted(statuses.items())))
+    print(line)
     return 1 if failed else 0
 
 

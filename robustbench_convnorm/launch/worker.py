@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import RunSpec
 from ..lock import RunLocked, acquire
-from ..records import RECORD, new_record, read_record, write_json_atomic
+from ..records import LOCKED, RECORD, new_record, read_record, write_json_atomic
 
 __all__ = ["code_root", "worker_argv", "worker_env", "passed_flags", "mark_lost"]
 
@@ -80,3 +80,15 @@ def mark_lost(spec: RunSpec, device: str, reason: str) -> Optional[str]:
         return "running"
     finally:
         lock.release()
+
+
+def done_line(statuses: Mapping[str, Optional[str]]) -> Tuple[str, List[str]]:
+    """The closing line of a grid (the run command's and both launchers'), from
+    each run id's outcome, and the run ids that did not finish. A run held by
+    another live worker is counted apart: its outcome is that worker's."""
+    held = [r for r, s in statuses.items() if s == LOCKED]
+    failed = [r for r, s in statuses.items() if s not in ("finished", LOCKED)]
+    line = (f"done: {len(statuses) - len(failed) - len(held)} finished, {len(failed)} not"
+            + (f" ({', '.join(failed)})" if failed else "")
+            + (f", {len(held)} held by other workers" if held else ""))
+    return line, failed

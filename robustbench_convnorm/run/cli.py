@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 from .. import distributed, launch, logs
 from ..config import ConfigError, ConfigWarning, RunSpec, expand_grid, load_config
 from ..launch import merge
+from ..launch.worker import done_line
 from ..progress import GridProgress
 from .execute import LOCKED, DataCache, execute_run
 from .grid import check_data, check_output_dir, preflight, print_grid, resolve_device, select_only
@@ -188,11 +189,9 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
 def summarize(records: List[Dict], out=print) -> int:
     """The closing lines: counts, and why each run that did not finish stopped.
     The exit status: 0 all finished (or held by other workers), 1 otherwise."""
-    held = [r["run_id"] for r in records if r.get("status") == LOCKED]
-    failed = [r for r in records if r.get("status") not in ("finished", LOCKED)]
-    out(f"done: {len(records) - len(failed) - len(held)} finished, {len(failed)} not"
-        + (f" ({', '.join(r['run_id'] for r in failed)})" if failed else "")
-        + (f", {len(held)} held by other workers" if held else ""))
+    line, not_finished = done_line({r["run_id"]: r.get("status") for r in records})
+    out(line)
+    failed = [r for r in records if r["run_id"] in not_finished]
     for r in failed:
         reason = ((r.get("error") or {}).get("reason") or "no reason recorded").strip().splitlines()[0]
         kept = " (its earlier record is kept)" if r.get("record_kept") else ""

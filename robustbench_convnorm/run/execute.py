@@ -16,7 +16,7 @@ from ..checkpoints import CheckpointError
 from ..config import ConfigError, RunSpec, to_dict
 from ..data import DataError, expand_root, load_full, prepare_data
 from ..lock import LOCK_FILE, LockLost, RunLocked, read_lock, worker_identity
-from ..records import RECORD, environment, new_record, read_record, trainable_params, write_json_atomic
+from ..records import LOCKED, RECORD, environment, new_record, read_record, trainable_params, write_json_atomic
 from ..registry import RegistryError
 from .evaluation import evaluate_into
 
@@ -24,7 +24,6 @@ __all__ = ["PER_EXAMPLE", "LOCKED", "DataCache", "execute_run", "apply_threads"]
 
 PER_EXAMPLE = "per_example.csv"
 #: status of a run that another live worker holds (not written to any record)
-LOCKED = "locked"
 #: files of a run dir that --force keeps: the lock this worker holds, and the log of earlier sessions
 _KEPT_BY_FORCE = (LOCK_FILE, logs.RUN_LOG)
 _log = logs.get_logger("run")
