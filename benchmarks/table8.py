@@ -35,7 +35,7 @@ from benchmarks.cifar_jpeg import data_section
 from benchmarks.common import Table, command_line
 from benchmarks.replay import pick_device
 from robustbench_convnorm import atomic
-from robustbench_convnorm.config import config_from_dict, expand_grid, set_path
+from robustbench_convnorm.config import ConfigError, config_from_dict, expand_grid, parse_set, set_path
 from robustbench_convnorm.run import DataCache, execute_run
 from robustbench_convnorm.training import TRAIN_LOG
 
@@ -46,7 +46,7 @@ PAPER_GPU = "RTX 8000"
 
 
 def run_config(data: Dict, normalizer: str, *, width: float, batch: int, work: Path, device: str,
-               overrides: List[str]) -> Dict:
+               overrides: List[Tuple[str, object]]) -> Dict:
     raw = {
         "name": "table8", "data": data, "model": {"arch": "resnet18", "width": width},
         "normalizers": [{"name": normalizer}], "batchnorm": False,
@@ -56,9 +56,8 @@ def run_config(data: Dict, normalizer: str, *, width: float, batch: int, work: P
                  "evaluators": [{"type": "clean"}]},
         "seeds": [0], "device": device, "output_dir": str(work),
     }
-    for item in overrides:
-        key, _, value = item.partition("=")
-        set_path(raw, key, yaml.safe_load(value), source="--set")
+    for key, value in overrides:
+        set_path(raw, key, value, source="--set")
     return raw
 
 
@@ -90,6 +89,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(Path(__file__).resolve().parent / "out" / "table8_runs"))
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
+    try:
+        overrides = [parse_set(item) for item in args.overrides]
+    except ConfigError as err:
+        p.error(str(err))
     device = pick_device(args.device)
     data_dir = cifar_jpeg.find(args.data) if (args.data or not args.synthetic) else None
     if data_dir is None and not args.synthetic:
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
     cache = DataCache()
     base_s: Optional[float] = None
     for name in names:
-        kwargs = dict(width=args.width, batch=args.batch, device=device.type, overrides=args.overrides)
+        kwargs = dict(width=args.width, batch=args.batch, device=device.type, overrides=overrides)
         if args.warmup_fraction:
             warm = data_section(data_dir, args.warmup_fraction, cache=not args.no_cache)
             train_once(run_config(warm, name, work=work / "warmup", **kwargs), device, cache, log=lambda *_: None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import attacks as attacks_bench
-from benchmarks import fast_path, lipschitz_models, normalizers, report
+from benchmarks import fast_path, lipschitz_models, normalizers, report, table8
 from benchmarks.replay import FreeReplay
 from robustbench_convnorm import speed
 
@@ -93,6 +93,13 @@ def test_report_judges_each_target_from_the_recorded_rows(tmp_path, monkeypatch)
 def test_unknown_normalizer_is_one_clear_error(only, tmp_path):
     with pytest.raises(SystemExit, match="unknown normalizer"):
         normalizers.main(["--device", "cpu", "--only", only, "--out", str(tmp_path / "x.csv")])
+
+
+def test_table8_set_without_a_value_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        table8.main(["--synthetic", "--set", "train.amp", "--work", str(tmp_path), "--out", str(tmp_path / "t.csv")])
+    assert err.value.code == 2 and "expected key.path=value" in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()
 
 
 def test_a_replay_autotunes_cudnn_for_its_own_calls_only(monkeypatch):
