@@ -80,13 +80,16 @@ def test_a_zip_member_changed_behind_the_same_size_and_mtime_is_seen(tmp_path):
 def test_a_damaged_cache_file_is_deleted_rebuilt_and_named(tmp_path, caplog):
     root, cache = _folder(tmp_path / "imgs"), tmp_path / "cache"
     good = _load(root, cache)
-    for damaged in sorted(cache.glob("*.npz")):
+    cached = sorted(cache.glob("*.npz"))
+    assert cached
+    for damaged in cached:
         damaged.write_bytes(b"PK\x03\x04 not really a zip")
     with caplog.at_level(logging.WARNING):
         again = _load(root, cache)
     assert torch.equal(again.train_x, good.train_x) and torch.equal(again.test_y, good.test_y)
     assert str(damaged) in caplog.text and "unreadable" in caplog.text
-    for path in cache.glob("*.npz"):
+    assert sorted(cache.glob("*.npz")) == cached                        # rebuilt under the same key
+    for path in cached:
         with np.load(path) as z:                                       # rebuilt whole
             assert z["x"].dtype == np.uint8
 

@@ -135,19 +135,20 @@ def test_input_shape_the_model_cannot_take(checkpoint, capsys):
               "the model does not run on an input of shape [1, 5, 8, 8]", "pass --input-shape C H W")
 
 
-def test_outputs_that_cannot_be_written(tmp_path, checkpoint, capsys):
+def test_outputs_that_cannot_be_written(tmp_path, checkpoint, capsys, monkeypatch):
     # checked before the report is computed
     run_error([checkpoint, "--json", tmp_path], capsys, "--json", "is a directory")
     run_error([checkpoint, "--plot", tmp_path / "lip.txt"], capsys, "not a figure format", ".png")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    run_error([checkpoint, "--json", a_file / "lip.json"], capsys, "is not a writable directory")
+    # a folder this user may not write to (faked: CI runs as root, who may write anywhere)
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        run_error([checkpoint, "--json", locked / "lip.json"], capsys, "is not a writable directory")
-    finally:
-        locked.chmod(0o700)
+    real_access = os.access
+    monkeypatch.setattr(lip.cli.os, "access", lambda p, mode: str(p) != str(locked) and real_access(p, mode))
+    run_error([checkpoint, "--json", locked / "lip.json"], capsys, "is not a writable directory")
+    assert not (locked / "lip.json").exists()
 
 
 def test_table9_bad_directories(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Shards of a grid (--shard, SLURM arrays), --dry-run --json, the launcher
 options, and the lock rule that lets a requeued SLURM task resume its run."""
+import collections
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from robustbench_convnorm.launch.options import parse_minutes, resolve
 from robustbench_convnorm.launch.shards import assign, estimated_cost, parse_shard, select, shard_from_slurm
 
 from scaleout_util import TINY, write_config
+from cli_util import cli
 
 TABLE1 = ["vanilla", "sn", "oni", "ocnn", "convnorm"]
 
@@ -37,7 +39,20 @@ def test_shards_partition_the_grid_and_balance_normalizers():
     three = [select(specs, parse_shard(f"{i}/3")) for i in range(3)]
     for part in three:                                         # each part: one run of every normalizer
         assert sorted(s.normalizer.name for s in part) == sorted(TABLE1)
-    assert assign(specs, 4) == assign(grid(), 4)               # the same on every worker
+
+
+def test_every_worker_process_computes_the_same_parts(tmp_path):
+    """Workers are separate processes (with their own string-hash seeds): each must
+    assign every run to the same part, or runs would be done twice or never."""
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "out", seeds=[0, 1, 2],
+                       normalizers=[{"name": n} for n in TABLE1])
+    parts = []
+    for hash_seed in (1, 2):
+        done = cli(cfg, "--dry-run", "--json", "--shard", "0/4", PYTHONHASHSEED=hash_seed, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        parts.append({r["run_id"]: r["shard"] for r in json.loads(done.stdout)["runs"]})
+    assert len(parts[0]) == 15 and parts[0] == parts[1]
+    assert sorted(collections.Counter(parts[0].values()).values()) == [3, 4, 4, 4]
 
 
 def test_shards_balance_estimated_work_not_only_counts():

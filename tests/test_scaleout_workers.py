@@ -148,7 +148,9 @@ def test_slurm_launcher_on_submitits_debug_cluster(tmp_path, capsys):
     assert leaderboard_runs(out) == set(recs)
     (manifest,) = (out / "launcher").glob("job-*.json")
     doc = json.loads(manifest.read_text())
-    assert [t["run_id"] for t in doc["tasks"]] == sorted(recs, key=[t["run_id"] for t in doc["tasks"]].index)
+    grid_ids = [s.run_id for s in expand_grid(load_config(cfg, ["train.epochs=1"]))]
+    assert [t["run_id"] for t in doc["tasks"]] == grid_ids and set(grid_ids) == set(recs)   # task i runs run i
+    assert [t["task"] for t in doc["tasks"]] == [0, 1]
     assert Path(doc["config"]).read_text() == cfg.read_text()                          # the task's snapshot
     assert doc["overrides"] == ["train.epochs=1"]
 
