@@ -66,17 +66,33 @@ class Table:
 
     def write(self, path: Path) -> Path:
         """The CSV, written atomically (no half-written file if interrupted)."""
-        fields: List[str] = []
-        for row in self.rows:
-            fields += [k for k in row if k not in fields]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        return atomic.write_text(Path(path), buf.getvalue())
+        return write_rows(path, self.rows)
 
     def markdown(self, columns: Sequence[str], title: str = "") -> str:
         return markdown_table(self.rows, columns, title)
+
+
+def read_rows(path: Path) -> List[Dict[str, str]]:
+    """The rows of a benchmark CSV; none when the file is missing or empty."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: Sequence[Dict[str, object]]) -> Path:
+    """A CSV of the union of the rows' columns, in the order they first appear,
+    written atomically; an empty file when there are no rows."""
+    fields: List[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    if fields:
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return atomic.write_text(Path(path), buf.getvalue())
 
 
 def markdown_table(rows: Sequence[Dict[str, object]], columns: Sequence[str], title: str = "") -> str:

@@ -20,9 +20,7 @@ with the checkout) and the device command.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
-import io
 import json
 import os
 import shutil
@@ -37,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from benchmarks import cifar_jpeg
 from benchmarks.budget import PartResult, run_part
+from benchmarks.common import read_rows, write_rows
 from benchmarks.gpu_summary import render_digest, render_summary
 from benchmarks.verdicts import derive
 from robustbench_convnorm import atomic
@@ -170,26 +169,6 @@ def junit_rows(path: Path) -> List[Dict[str, object]]:
     return rows
 
 
-def read_csv(path: Path) -> List[Dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_rows(path: Path, rows: List[Dict[str, object]]) -> None:
-    """A CSV of the union of the rows' columns (an empty file when no rows)."""
-    fields: List[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    buf = io.StringIO()
-    if fields:
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic.write_text(path, buf.getvalue())
-
-
 def pack_logs(work: Path, target: Path) -> None:
     """Logs, configs, records and small CSVs of the work folder (no checkpoints)."""
     keep = (".log", ".yaml", ".json", ".csv", ".xml", ".md")
@@ -270,8 +249,8 @@ def main(argv=None) -> int:
     write_rows(out / "tests.csv", tests)
     for part in PARTS:
         if part.output:
-            write_rows(out / part.output, read_csv(work / part.output))
-    fast_rows = read_csv(work / "fast_path.csv") + read_csv(work / "compile.csv")
+            write_rows(out / part.output, read_rows(work / part.output))
+    fast_rows = read_rows(work / "fast_path.csv") + read_rows(work / "compile.csv")
     write_rows(out / "fast_path.csv", fast_rows)
     device = "cuda" if environment.get("cuda_available") and not args.rehearse else "cpu"
     table, amp, notes = derive(fast_rows, device) if fast_rows else ({}, False, ["no fast-path rows"])

@@ -1,22 +1,14 @@
 """summary.md of a GPU check: what ran, what it measured, what it means."""
 from __future__ import annotations
 
-import csv
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from benchmarks import report
-from benchmarks.common import table_rows
+from benchmarks.common import read_rows, table_rows
 from benchmarks.verdicts import render
-
-
-def _rows(path: Path) -> List[Dict[str, str]]:
-    if not path.exists() or not path.stat().st_size:
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _table(rows: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
@@ -74,7 +66,7 @@ def _verdicts(check: Dict, out: Path) -> List[str]:
     return ["What `speed.MEASURED_DEFAULTS` and `AMP_AUTO` should say by these rows "
             "(`python -m benchmarks.verdicts`; a person pastes them into speed.py with this evidence):", "",
             "```python", render(verdicts["measured_defaults"], verdicts["amp_auto"], verdicts.get("notes", []),
-                                _rows(out / "fast_path.csv"), verdicts.get("device", "cuda")).rstrip(), "```", ""]
+                                read_rows(out / "fast_path.csv"), verdicts.get("device", "cuda")).rstrip(), "```", ""]
 
 
 def _e2e(check: Dict, with_table: bool = True) -> List[str]:
@@ -113,7 +105,7 @@ def render_digest(check: Dict, out: Path) -> str:
     """The short version, printed last (a lent machine returns the end of the output)."""
     lines = _head(check) + ["## Speed targets", "", _targets(out, check["mode"] == "rehearsal"),
                             "## [CN] Table 8 (paper: RTX 8000)", "",
-                            _table(_rows(out / "table8.csv"), TABLE8_COLUMNS)]
+                            _table(read_rows(out / "table8.csv"), TABLE8_COLUMNS)]
     lines += _verdicts(check, out) + ["## End to end", ""] + _e2e(check, with_table=False)
     return "\n".join(lines)
 
@@ -121,20 +113,20 @@ def render_digest(check: Dict, out: Path) -> str:
 def render_summary(check: Dict, out: Path) -> str:
     rehearsal = check["mode"] == "rehearsal"
     lines = _head(check) + [
-        "## Tests that need CUDA (`pytest -m cuda`)", "", _tests(_rows(out / "tests.csv")),
+        "## Tests that need CUDA (`pytest -m cuda`)", "", _tests(read_rows(out / "tests.csv")),
         "## Speed targets", "", _targets(out, rehearsal),
         "## Free-AT replay per normalizer", "",
-        _table(_rows(out / "replay.csv"), ["normalizer", "batch", "width", "dtype", "images_per_s", "median_ms",
+        _table(read_rows(out / "replay.csv"), ["normalizer", "batch", "width", "dtype", "images_per_s", "median_ms",
                                             "time_vs_vanilla", "peak_mem_mb", "mem_vs_vanilla"]),
         "## Fast-path switches against the plain path", "",
-        _table(_rows(out / "fast_path.csv"), ["switch", "normalizer", "baseline", "plain_ms", "switched_ms",
+        _table(read_rows(out / "fast_path.csv"), ["switch", "normalizer", "baseline", "plain_ms", "switched_ms",
                                                "speedup", "rel_diff", "matches", "verdict", "first_step_s", "error"])]
     lines += _verdicts(check, out)
     lines += ["## Attacks", "",
-              _table(_rows(out / "attacks.csv"), ["measure", "median", "unit", "images", "batch", "iters_cap",
+              _table(read_rows(out / "attacks.csv"), ["measure", "median", "unit", "images", "batch", "iters_cap",
                                                    "seconds_at_target_size", "note"]),
               "## [CN] Table 8: one epoch of natural training (paper: RTX 8000)", "",
-              _table(_rows(out / "table8.csv"), TABLE8_COLUMNS + ["speed"]),
+              _table(read_rows(out / "table8.csv"), TABLE8_COLUMNS + ["speed"]),
               "## End to end through `python -m robustbench_convnorm.run`", ""]
     lines += _e2e(check)
     where = "this folder" if rehearsal else str(out)

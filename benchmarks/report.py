@@ -11,13 +11,13 @@ hand-written prose and is left alone.
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from benchmarks import common
 from benchmarks.common import markdown_table
 from robustbench_convnorm import atomic
 
@@ -52,11 +52,7 @@ SECTIONS = {
 
 
 def read_rows(device: str, name: str, results: Optional[Path] = None) -> List[Dict[str, str]]:
-    path = (results or RESULTS) / device / f"{name}.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return common.read_rows((results or RESULTS) / device / f"{name}.csv")
 
 
 def _find(rows, **match) -> Optional[Dict[str, str]]:

@@ -30,13 +30,13 @@ and the notes printed here give the numbers for them.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from benchmarks import common
 from benchmarks.report import unfinished_parts
 from robustbench_convnorm.speed import SWITCHES, TORCH_DEFAULTS
 
@@ -48,8 +48,9 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
     path = Path(path)
     if path.is_dir():
         path = path / "fast_path.csv"
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such fast-path CSV")
+    return common.read_rows(path)
 
 
 def _usable(row: Dict[str, str]) -> bool:
