@@ -47,7 +47,7 @@ from ._options import (as_bool, as_choice, as_float, as_int, format_value, fract
 __all__ = [
     "KINDS", "BatchOutcome", "EvalOutcome", "Evaluator", "add_totals", "as_bool", "as_choice", "as_float", "as_int",
     "attack_batches", "batch_generator", "batches", "check_columns", "combine", "draw_seed", "example_seeds",
-    "format_value", "fraction_text", "mix_seed", "model_device", "name_suffix", "percent", "perturbation_norms",
+    "format_value", "fraction_text", "mix_seed", "name_suffix", "percent", "perturbation_norms",
     "plan_batches", "seeded_global_rng",
 ]
 
@@ -326,9 +326,3 @@ def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> Tuple[torch.Tens
 
 def percent(mask: np.ndarray) -> float:
     return float(100.0 * np.mean(mask)) if len(mask) else float("nan")
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return fallback

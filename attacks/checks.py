@@ -29,16 +29,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._probes import BATCH_RTOL, DETERMINISM_RTOL, ZERO_GRAD_FRACTION, probe_model  # noqa: F401
-from ._state import (StateChangedError, assert_eval_mode, assert_state_unchanged, state_fingerprint,  # noqa: F401
-                     training_modules)
+from ._probes import probe_model  # noqa: F401
+from ._state import StateChangedError, assert_eval_mode, assert_state_unchanged, state_fingerprint  # noqa: F401
 
 __all__ = [
-    "ALPHA", "BATCH_RTOL", "CHANCE_MARGIN", "DETERMINISM_RTOL", "EPS_TOL", "LARGE_EPS", "ZERO_GRAD_FRACTION",
-    "Result", "StateChangedError", "add_counts", "assert_eval_mode", "at_chance", "assert_state_unchanged", "binomial_tail",
-    "broken_in_threat_model", "comparison_flags", "in_threat_model", "infer_threat_model", "outcome_flags",
-    "paired_excess", "probe_model", "state_fingerprint", "training_modules", "validate_adversarial",
-    "validity_flags", "worst_case_correct",
+    "ALPHA", "CHANCE_MARGIN", "EPS_TOL", "LARGE_EPS", "Result", "StateChangedError", "add_counts", "assert_eval_mode",
+    "at_chance", "assert_state_unchanged", "binomial_tail", "broken_in_threat_model", "comparison_flags",
+    "in_threat_model", "infer_threat_model", "outcome_flags", "paired_excess", "probe_model", "state_fingerprint",
+    "validate_adversarial", "validity_flags", "worst_case_correct",
 ]
 
 #: float tolerance on the eps-ball (x + eps rounds to within a few ulp of 1.0)

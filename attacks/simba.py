@@ -30,14 +30,12 @@ import numpy as np
 import torch
 
 from . import checks
-from ._simba_core import (SCORES, Basis, SimBAResult, dct_matrix, n_coordinates, prob_saturated,  # noqa: F401
-                          simba_attack)
+from ._simba_core import SCORES, dct_matrix, n_coordinates, simba_attack  # noqa: F401
 from .base import (BatchOutcome, EvalOutcome, Evaluator, as_choice, as_float, as_int, fraction_text,
                    perturbation_norms)
 from .registry import register_evaluator
 
-__all__ = ["SCORES", "Basis", "SimBA", "SimBAResult", "dct_matrix", "n_coordinates", "prob_saturated",
-           "simba_attack", "success_curve", "summarize"]
+__all__ = ["SCORES", "SimBA", "dct_matrix", "n_coordinates", "simba_attack", "success_curve", "summarize"]
 
 DEFAULTS = {"basis": "pixel", "step": 0.2, "max_iters": None, "linf_bound": None, "freq_dims": None,
             "score": "log_odds", "n_images": 1000}
