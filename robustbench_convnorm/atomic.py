@@ -8,10 +8,12 @@ half of either. A process killed mid-write leaves only its temporary file,
 which :func:`remove_orphan_temps` deletes once its writer is gone.
 
     from robustbench_convnorm import atomic
-    atomic.write_json(record, run_dir / "record.json")
-    atomic.write_text(md, out / "leaderboard.md")
+    atomic.write_json(run_dir / "record.json", record)
+    atomic.write_text(out / "leaderboard.md", md)
     atomic.save_figure(fig, out / "plot.png", dpi=120)
-    atomic.torch_save(state, run_dir / "checkpoint.pt")
+
+Checkpoints go through checkpoints.save_checkpoint, which writes them this
+way and lists each file's SHA-256 beside it, for the check on load.
 
 The one exception is a log (``run.log``), which grows line by line while its
 run works: :func:`open_append` opens it for appending, so a reader may see a
@@ -27,7 +29,7 @@ import socket
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Union
 
-__all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_figure", "torch_save",
+__all__ = ["atomic_write", "write_text", "write_bytes", "write_json", "save_figure",
            "set_writes_enabled", "writes_enabled", "write_csv", "open_append", "remove_orphan_temps", "temp_name",
            "TEMP_SUFFIX", "pid_alive"]
 
@@ -158,12 +160,6 @@ def open_append(path: PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return open(path, "a", encoding="utf-8", buffering=1)
-
-
-def torch_save(obj: Any, path: PathLike) -> Path:
-    import torch
-
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def pid_alive(pid: int) -> bool:
