@@ -158,13 +158,13 @@ def load_checkpoint(path, map_location="cpu", *, log: Optional[Callable[[str], A
     given, is told)."""
     path = Path(path)
     listed = _listed(path)
+    data = path.read_bytes()  # read once: the bytes hashed are the bytes loaded
     if listed is not None:
-        digest = sha256_file(path)
-        if digest not in listed:
+        if hashlib.sha256(data).hexdigest() not in listed:
             raise CheckpointError(f"{path} does not match the SHA-256 listed in {checksum_path(path).name} "
                                   f"(damaged, truncated, or not the file this run wrote)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:  # torch reports damage as many types (RuntimeError, EOFError, UnpicklingError...)
