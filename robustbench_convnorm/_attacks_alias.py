@@ -34,10 +34,10 @@ FOLDER = Path(__file__).resolve().parent.parent / SHORT
 _SEARCHING = threading.local()
 
 
-def _is_ours(module) -> bool:
-    """Whether ``module`` is the package loaded from FOLDER (under either name)."""
-    paths = getattr(module, "__path__", None) or []
-    return any(Path(p).resolve() == FOLDER for p in paths)
+def _is_ours(paths) -> bool:
+    """Whether a package's search locations (a module's ``__path__``, a spec's
+    ``submodule_search_locations``) are FOLDER: the package from FOLDER, under either name."""
+    return any(Path(p).resolve() == FOLDER for p in paths or [])
 
 
 class _AliasLoader(importlib.abc.Loader):
@@ -61,7 +61,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path=None, target=None):
         if fullname == CANONICAL:
             short = sys.modules.get(SHORT)
-            if short is not None and _is_ours(short):  # `import attacks` came first
+            if short is not None and _is_ours(getattr(short, "__path__", None)):  # `import attacks` came first
                 return self._alias(fullname, SHORT)
             init = FOLDER / "__init__.py"
             if not init.is_file():
@@ -75,7 +75,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             return None  # the ordinary search of the parent's __path__ (FOLDER)
         if fullname == SHORT:
             found = self._other_spec(fullname)
-            if found is None or not _spec_is_ours(found):
+            if found is None or not _is_ours(found.submodule_search_locations):
                 return None  # not ours (a user's attacks.py): leave it to the other finders
             return self._alias(fullname, CANONICAL)
         if fullname.startswith(SHORT + "."):
@@ -104,11 +104,6 @@ class _Finder(importlib.abc.MetaPathFinder):
     @staticmethod
     def _alias(fullname: str, target: str):
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(target), is_package=True)
-
-
-def _spec_is_ours(spec) -> bool:
-    locations = spec.submodule_search_locations or []
-    return any(Path(p).resolve() == FOLDER for p in locations)
 
 
 _FINDER: Optional[_Finder] = None
