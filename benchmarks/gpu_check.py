@@ -37,6 +37,7 @@ from benchmarks import cifar_jpeg
 from benchmarks.budget import PartResult, run_part
 from benchmarks.common import read_rows, write_rows
 from benchmarks.gpu_summary import render_digest, render_summary
+from benchmarks.report import GPU_CHECK_PARTS
 from benchmarks.verdicts import derive
 from robustbench_convnorm import atomic
 
@@ -70,7 +71,6 @@ class Part:
     estimate_s: float    # a guess of its time on one H100, not a measurement
     what: str
     argv: Callable[[Context], List[str]]
-    output: Optional[str] = None   # the file in the work folder that becomes --out/<name>.csv
 
 
 def cuda_test_files() -> List[str]:
@@ -134,17 +134,15 @@ PARTS: List[Part] = [
     Part("environment", 15, 5, "GPU, memory, driver, CUDA, cuDNN, torch and torchattacks versions",
          lambda c: ["-m", "benchmarks.environment", "--out", str(c.work / "environment.json")]),
     Part("tests", 40, 20, "the tests that need CUDA (pytest -m cuda), each with its outcome", _tests),
-    Part("replay", 45, 30, "free-AT replay per normalizer, ResNet-18 width 1.0, batch 128 and 512", _replay,
-         "replay.csv"),
+    Part("replay", 45, 30, "free-AT replay per normalizer, ResNet-18 width 1.0, batch 128 and 512", _replay),
     Part("fast_path", 85, 55, "each fast-path switch and bf16 autocast against the plain path, batch 128",
-         _fast_path(FAST_PATH_SWITCHES, "fast_path.csv", None, REHEARSAL_NORMALIZERS), "fast_path.csv"),
+         _fast_path(FAST_PATH_SWITCHES, "fast_path.csv", None, REHEARSAL_NORMALIZERS)),
     Part("compile", 75, 60, "torch.compile against the plain path (vanilla, ConvNorm), cold compilations included",
          # rehearsal: aot_eager traces like inductor without generating code (minutes less on a CPU)
          _fast_path("compile", "compile.csv", COMPILE_NORMALIZERS, "vanilla", ["--compile-backend", "aot_eager"])),
     Part("attacks", 40, 30, "PGD-20 over 10,000 images; SimBA on 1000 images (1000 iterations, extrapolated)",
-         _attacks, "attacks.csv"),
-    Part("table8", 100, 75, "[CN] Table 8: one epoch of natural training, vanilla / ConvNorm / Cayley", _table8,
-         "table8.csv"),
+         _attacks),
+    Part("table8", 100, 75, "[CN] Table 8: one epoch of natural training, vanilla / ConvNorm / Cayley", _table8),
     Part("e2e", 55, 40, "robustbench_convnorm.run end to end: free AT, stop after epoch 1, resume, evaluate",
          _e2e),
 ]
@@ -247,11 +245,11 @@ def main(argv=None) -> int:
 
     tests = junit_rows(work / "junit.xml")
     write_rows(out / "tests.csv", tests)
-    for part in PARTS:
-        if part.output:
-            write_rows(out / part.output, read_rows(work / part.output))
-    fast_rows = read_rows(work / "fast_path.csv") + read_rows(work / "compile.csv")
-    write_rows(out / "fast_path.csv", fast_rows)
+    merged = {name: [row for part in parts for row in read_rows(work / f"{part}.csv")]
+              for name, parts in GPU_CHECK_PARTS.items()}  # each part writes <part>.csv into the work folder
+    for name, rows in merged.items():
+        write_rows(out / name, rows)
+    fast_rows = merged["fast_path.csv"]
     device = "cuda" if environment.get("cuda_available") and not args.rehearse else "cpu"
     table, amp, notes = derive(fast_rows, device) if fast_rows else ({}, False, ["no fast-path rows"])
     e2e = json.loads((work / "e2e.json").read_text()) if (work / "e2e.json").exists() else {}

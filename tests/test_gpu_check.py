@@ -104,7 +104,8 @@ def test_the_plan_fits_a_lent_machine():
     assert all(p.estimate_s <= p.budget_s for p in gpu_check.PARTS)
     assert len(gpu_check.OUTPUTS) <= 8
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in gpu_check.OUTPUTS)
-    assert {p.output for p in gpu_check.PARTS if p.output} <= set(gpu_check.OUTPUTS)
+    assert set(report.GPU_CHECK_PARTS) <= set(gpu_check.OUTPUTS)
+    assert {p for parts in report.GPU_CHECK_PARTS.values() for p in parts} <= {p.name for p in gpu_check.PARTS}
     assert [p.name for p in gpu_check.PARTS][:2] == ["environment", "tests"]
     command = gpu_prep.DEVICE_COMMAND
     assert len(command) <= 2000 and "--out $OUT" in command and ".whl/*.whl" in command
