@@ -1,8 +1,6 @@
 """summary.md of a GPU check: what ran, what it measured, what it means."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -35,15 +33,7 @@ def _environment(env: Dict) -> str:
 def _targets(out: Path, rehearsal: bool = False) -> str:
     if rehearsal:
         return "not judged: a rehearsal's CPU numbers at tiny sizes say nothing about the GPU targets\n"
-    staged = Path(tempfile.mkdtemp(prefix="gpu_check-targets-"))
-    try:
-        (staged / "cuda").mkdir()
-        for name, record in (("replay.csv", "normalizers.csv"), ("attacks.csv", "attacks.csv")):
-            if (out / name).exists():
-                shutil.copy(out / name, staged / "cuda" / record)
-        rows = report.targets(staged, cpu=False)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+    rows = report.targets(cpu=False, read=report.gpu_check_reader(out))
     lines = ["| target | measured |", "|---|---|"] + [f"| {t} | {m} |" for t, m, _ in rows]
     return "\n".join(lines) + "\n"
 

@@ -69,19 +69,26 @@ class Target:
     measure: Callable[[], Optional[tuple]]   # -> (value, shown text, where) or None
 
 
-def _replay(device: str, normalizer: str, batch: int, column: str, name: str = "normalizers",
-            results: Optional[Path] = None):
-    rows = read_rows(device, name, results)
+#: read(device, name) -> the rows of the record results/<device>/<name>.csv, or what stands for it
+Reader = Callable[[str, str], List[Dict[str, str]]]
+
+
+def _replay(read: Reader, device: str, normalizer: str, batch: int, column: str, name: str = "normalizers"):
+    rows = read(device, name)
     row = _find(rows, normalizer=normalizer, batch=batch)
     if row is None:
         return None
     return float(row[column]), row
 
 
-def targets(results: Optional[Path] = None, cpu: bool = True) -> List[tuple]:
+def targets(results: Optional[Path] = None, cpu: bool = True, read: Optional[Reader] = None) -> List[tuple]:
     """(target, limit test, measured text) rows for the targets table, from
-    ``results`` (default: benchmarks/results); ``cpu=False`` leaves out the
+    ``results`` (default: benchmarks/results) or the rows ``read`` gives
+    (a GPU check's folder: ``gpu_check_reader``); ``cpu=False`` leaves out the
     CPU targets (a GPU check's summary)."""
+    if read is None:
+        def read(device: str, name: str) -> List[Dict[str, str]]:
+            return read_rows(device, name, results)
     out = []
 
     def add(text, found, ok, shown):
@@ -94,26 +101,26 @@ def targets(results: Optional[Path] = None, cpu: bool = True) -> List[tuple]:
         out.append((text, f"{verdict}: {shown(value)}", where))
 
     add("GPU, ResNet-18, batch 512: vanilla free-AT replay >= 20,000 images/s",
-        _replay("cuda", "vanilla", 512, "images_per_s", results=results), lambda v: v >= 20000,
+        _replay(read, "cuda", "vanilla", 512, "images_per_s"), lambda v: v >= 20000,
         lambda v: f"{v:,.0f} images/s")
     add("GPU, batch 512: ConvNorm <= 1.4x vanilla's step time",
-        _replay("cuda", "convnorm", 512, "time_vs_vanilla", results=results), lambda v: v <= 1.4,
+        _replay(read, "cuda", "convnorm", 512, "time_vs_vanilla"), lambda v: v <= 1.4,
         lambda v: f"{v:.2f}x")
     add("GPU, batch 512: Cayley <= 3x vanilla's step time",
-        _replay("cuda", "cayley", 512, "time_vs_vanilla", results=results), lambda v: v <= 3.0,
+        _replay(read, "cuda", "cayley", 512, "time_vs_vanilla"), lambda v: v <= 3.0,
         lambda v: f"{v:.2f}x")
-    pgd = _find(read_rows("cuda", "attacks", results), measure="PGD-20")
+    pgd = _find(read("cuda", "attacks"), measure="PGD-20")
     add("GPU: PGD-20 over the 10,000 test images <= 15 s (vanilla)",
         None if pgd is None else (float(pgd["seconds_at_target_size"]), pgd), lambda v: v <= 15,
         lambda v: f"{v:.1f} s" + ("" if int(pgd["images"]) >= 10000 else f" (extrapolated from {pgd['images']} images)"))
-    simba = _find(read_rows("cuda", "attacks", results), measure="SimBA batched")
+    simba = _find(read("cuda", "attacks"), measure="SimBA batched")
     add("GPU: SimBA on 1000 images x 3072 iterations <= 2 min",
         None if simba is None else (float(simba["seconds_at_target_size"]), simba), lambda v: v <= 120,
         lambda v: f"{v:.0f} s (upper bound, extrapolated from {simba['images']} images x {simba['iters_cap']})")
     if not cpu:
         return out
     for name, label in (("normalizers", "benchmark CPU width"), ("normalizers_full_width", "full width 1.0")):
-        found = _replay("cpu", "convnorm", 128, "time_vs_vanilla", name, results)
+        found = _replay(read, "cpu", "convnorm", 128, "time_vs_vanilla", name)
         add(f"this CPU: ConvNorm <= 2x vanilla's step time ({label}, batch 128)", found, lambda v: v <= 2.0,
             lambda v: f"{v:.2f}x")
     return out
@@ -164,6 +171,17 @@ GPU_CHECK_RECORDS = {"replay.csv": "normalizers.csv", "fast_path.csv": "fast_pat
 #: a benchmarks.gpu_check result file -> the parts whose rows it holds
 GPU_CHECK_PARTS = {"replay.csv": ("replay",), "fast_path.csv": ("fast_path", "compile"),
                    "attacks.csv": ("attacks",), "table8.csv": ("table8",)}
+
+
+def gpu_check_reader(folder: Path) -> Reader:
+    """Reads a ``benchmarks.gpu_check`` folder as if it were recorded: the
+    CUDA records from the files ``GPU_CHECK_RECORDS`` maps to them, nothing else."""
+    files = {Path(record).stem: name for name, record in GPU_CHECK_RECORDS.items()}
+
+    def read(device: str, name: str) -> List[Dict[str, str]]:
+        found = files.get(name) if device == "cuda" else None
+        return common.read_rows(Path(folder) / found) if found else []
+    return read
 
 
 def unfinished_parts(check: Dict, name: str) -> List[str]:
