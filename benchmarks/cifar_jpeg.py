@@ -13,7 +13,7 @@ from __future__ import annotations
 import zipfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 #: where the copy is looked for when no folder is given
@@ -36,6 +36,22 @@ def find(folder: Optional[str] = None) -> Optional[Path]:
             raise FileNotFoundError(f"{path} does not hold train.zip and test.zip of the CIFAR-10 JPEG copy")
         return path
     return DEFAULT if has_zips(DEFAULT) else None
+
+
+def add_arguments(parser) -> None:
+    """--data, --synthetic and --no-cache: the data options of every benchmark that trains on the copy."""
+    parser.add_argument("--data", default=None, help="folder with train.zip and test.zip (default: .data/cifar10-jpeg)")
+    parser.add_argument("--synthetic", action="store_true", help="generated images when no JPEG copy is found")
+    parser.add_argument("--no-cache", action="store_true", help="do not cache the decoded images")
+
+
+def from_args(args) -> Tuple[Optional[Path], Optional[str]]:
+    """(the copy's folder, or None for generated images; an error message when
+    there is no copy and --synthetic was not given)."""
+    folder = find(args.data) if (args.data or not args.synthetic) else None
+    if folder is None and not args.synthetic:
+        return None, "no CIFAR-10 JPEG copy found: give --data DIR (or --synthetic for generated images)"
+    return folder, None
 
 
 def tiny_copy(source: Path, target: Path, per_class: Dict[str, int]) -> Path:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import yaml
 
@@ -121,24 +121,22 @@ def summary(runs: Dict[str, Dict]) -> Dict[str, Dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=None, help="folder with train.zip and test.zip (default: .data/cifar10-jpeg)")
-    p.add_argument("--synthetic", action="store_true", help="generated images when no JPEG copy is found")
+    cifar_jpeg.add_arguments(p)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-fraction", type=float, default=1.0, help="a stratified subset (default: all)")
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--val-examples", type=int, default=256, help="per-epoch validation subset (clean + PGD-5)")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--no-cache", action="store_true", help="do not cache the decoded images")
     p.add_argument("--device", default="auto", help="the config's device (auto, cpu or cuda); the runs must use it")
     p.add_argument("--work", default=str(Path(__file__).resolve().parent / "out" / "e2e"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "e2e.json"))
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be at least 2: the run stops after the first and resumes for the rest")
-    data_dir: Optional[Path] = cifar_jpeg.find(args.data) if (args.data or not args.synthetic) else None
-    if data_dir is None and not args.synthetic:
-        print("no CIFAR-10 JPEG copy found: give --data DIR (or --synthetic for generated images)", file=sys.stderr)
+    data_dir, missing = cifar_jpeg.from_args(args)
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

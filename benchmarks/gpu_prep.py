@@ -30,9 +30,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+from benchmarks import cifar_jpeg
+
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
-DATA = ROOT / ".data" / "cifar10-jpeg"
+DATA = cifar_jpeg.DEFAULT  # where the benchmarks look for the copy
 CARRY = (".whl", ".data")
 LIMIT_BYTES = 64 * 2 ** 20
 TORCHATTACKS = "torchattacks==3.5.1"

@@ -74,15 +74,13 @@ def train_once(raw: Dict, device: torch.device, cache: DataCache, log) -> Tuple[
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.table8", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=None, help="folder with train.zip and test.zip (default: .data/cifar10-jpeg)")
-    p.add_argument("--synthetic", action="store_true", help="generated images when no JPEG copy is found")
+    cifar_jpeg.add_arguments(p)
     p.add_argument("--normalizers", default="vanilla,convnorm,cayley")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--train-fraction", type=float, default=1.0, help="a stratified subset (default: all)")
     p.add_argument("--warmup-fraction", type=float, default=0.02,
                    help="train fraction of an untimed warm-up run per normalizer (0: none)")
-    p.add_argument("--no-cache", action="store_true", help="do not cache the decoded images")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override the generated run config, e.g. --set train.amp=bf16")
     p.add_argument("--device", default="auto")
@@ -94,9 +92,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         p.error(str(err))
     device = pick_device(args.device)
-    data_dir = cifar_jpeg.find(args.data) if (args.data or not args.synthetic) else None
-    if data_dir is None and not args.synthetic:
-        print("no CIFAR-10 JPEG copy found: give --data DIR (or --synthetic for generated images)", file=sys.stderr)
+    data_dir, missing = cifar_jpeg.from_args(args)
+    if missing:
+        print(missing, file=sys.stderr)
         return 2
     names = [n for n in args.normalizers.split(",") if n]
     work = Path(args.work)
