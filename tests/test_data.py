@@ -1,12 +1,12 @@
 import pickle
 import sys
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from data_util import fake_cifar10, zip_splits
 from robustbench_convnorm.config import DataConfig
 from robustbench_convnorm.data import (DataError, DeviceBatches, load_source, prepare_data, random_crop_flip,
                                        stratified_subset, symmetric_label_noise)
@@ -44,12 +44,7 @@ def test_imagefolder_directory_and_zip_agree(tmp_path):
     assert d.train_y.tolist() == [0, 0, 0, 1, 1, 1]
     png = Image.open(folder / "train" / "b_cls" / "0001.png")
     assert np.array_equal(d.train_x[4].permute(1, 2, 0).numpy(), np.asarray(png))
-    zips = tmp_path / "zips"
-    zips.mkdir()
-    for split in ("train", "test"):
-        with zipfile.ZipFile(zips / f"{split}.zip", "w") as zf:
-            for p in sorted((folder / split).rglob("*.png")):
-                zf.write(p, p.relative_to(folder).as_posix())
+    zips = zip_splits(folder, tmp_path / "zips")
     cache = tmp_path / "cache"
     z1 = load_source("imagefolder", root=str(zips), cache_dir=str(cache))
     z2 = load_source("imagefolder", root=str(zips), cache_dir=str(cache))   # from the cache
@@ -66,21 +61,8 @@ def test_imagefolder_missing_split_says_where(tmp_path):
         load_source("imagefolder")
 
 
-def _fake_cifar10(root, n=10):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": list(rng.permutation(n) % 10)}, f)  # every class
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    return folder
-
-
 def test_cifar10_pickle_layout(tmp_path):
-    folder = _fake_cifar10(tmp_path)
+    folder = fake_cifar10(tmp_path)
     d = load_source("cifar10", root=str(tmp_path), download=False)
     assert d.train_x.shape == (50, 3, 32, 32) and d.test_x.shape == (10, 3, 32, 32)
     with open(folder / "test_batch", "rb") as f:

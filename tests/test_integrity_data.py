@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data_util import fake_cifar10, zip_splits
 from robustbench_convnorm.data import DataError, load_source
 
 
@@ -58,14 +59,9 @@ def test_a_zip_member_changed_behind_the_same_size_and_mtime_is_seen(tmp_path):
     # BMPs of one size are byte-for-byte the same length: only the member's CRC tells them apart
     src = _folder(tmp_path / "src", fmt="BMP", suffix=".bmp")
     zips, cache = tmp_path / "zips", tmp_path / "cache"
-    zips.mkdir()
 
     def pack():
-        for split in ("train", "test"):
-            with zipfile.ZipFile(zips / f"{split}.zip", "w", zipfile.ZIP_STORED) as zf:
-                for p in sorted((src / split).rglob("*.bmp")):
-                    zf.write(p, p.relative_to(src).as_posix())
-                    zf.getinfo(p.relative_to(src).as_posix()).date_time = (2020, 1, 1, 0, 0, 0)
+        zip_splits(src, zips, "*.bmp", date_time=(2020, 1, 1, 0, 0, 0))
     pack()
     st = (zips / "train.zip").stat()
     _load(zips, cache)
@@ -104,24 +100,9 @@ class _Payload:
         return os.mkdir, (self.marker,)
 
 
-def _cifar(root, n=10, batch_1=None):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         "labels": list(rng.permutation(n) % 10)}, f, protocol=2)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    if batch_1 is not None:
-        (folder / "data_batch_1").write_bytes(batch_1)
-    return folder
-
-
 def test_a_crafted_cifar_batch_runs_no_code(tmp_path):
     marker = tmp_path / "the-payload-ran"
-    folder = _cifar(tmp_path / "root", batch_1=pickle.dumps({"data": _Payload(marker), "labels": [0]}))
+    folder = fake_cifar10(tmp_path / "root", batch_1=pickle.dumps({"data": _Payload(marker), "labels": [0]}))
     with pytest.raises(DataError) as err:
         load_source("cifar10", root=str(tmp_path / "root"), download=False)
     assert not marker.exists()
@@ -131,7 +112,7 @@ def test_a_crafted_cifar_batch_runs_no_code(tmp_path):
 def test_every_cifar_pickle_layout_is_still_read(tmp_path):
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         root = tmp_path / f"p{protocol}"
-        folder = _cifar(root)
+        folder = fake_cifar10(root)
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             with open(folder / name, "rb") as f:
                 d = pickle.load(f)
@@ -150,12 +131,7 @@ def test_an_undecodable_image_is_named(tmp_path):
     bad.write_bytes(bad.read_bytes()[:40])                             # truncated
     with pytest.raises(DataError, match=f"cannot decode {bad} .*delete or replace"):
         load_source("imagefolder", root=str(root), cache=False)
-    zips = tmp_path / "zips"
-    zips.mkdir()
-    for split in ("train", "test"):
-        with zipfile.ZipFile(zips / f"{split}.zip", "w") as zf:
-            for p in sorted((root / split).rglob("*.png")):
-                zf.write(p, p.relative_to(root).as_posix())
+    zips = zip_splits(root, tmp_path / "zips")
     with pytest.raises(DataError, match=f"cannot decode {zips / 'train.zip'}:train/b/0001.png"):
         load_source("imagefolder", root=str(zips), cache=False)
 
@@ -168,13 +144,9 @@ def test_macos_metadata_and_dotfiles_are_not_images(tmp_path):
     _image(root / "train" / ".hidden" / "x.png", seed=1)
     folder = load_source("imagefolder", root=str(root), cache=False)
     assert folder.classes == ["a", "b"] and len(folder.train_y) == 4
-    zips = tmp_path / "zips"
-    zips.mkdir()
+    zips = zip_splits(root, tmp_path / "zips", skip_dotfiles=True)
     for split in ("train", "test"):
-        with zipfile.ZipFile(zips / f"{split}.zip", "w") as zf:
-            for p in sorted((root / split).rglob("*.png")):
-                if not p.name.startswith("."):
-                    zf.write(p, p.relative_to(root).as_posix())
+        with zipfile.ZipFile(zips / f"{split}.zip", "a") as zf:
             zf.writestr(f"__MACOSX/{split}/a/._0000.png", b"\x00\x05\x16\x07AppleDouble")
     zipped = load_source("imagefolder", root=str(zips), cache=False)
     assert torch.equal(zipped.train_x, folder.train_x)
