@@ -77,7 +77,8 @@ class FreeReplay:
         self.model = build_model(arch, self.normalizer, num_classes=10, in_channels=3, mean=CIFAR_MEAN,
                                  std=CIFAR_STD, batchnorm=False, width=width).to(device)
         self.model.train()
-        self.switches = speed.resolve(speed_cfg or SpeedConfig(), device, normalizer)
+        self.switches = speed.for_model(speed.resolve(speed_cfg or SpeedConfig(), device, normalizer), self.model,
+                                        device, log=lambda *_: None)
         autotuning = torch.backends.cudnn.benchmark
         forward = speed.prepare_model(self.model, self.switches, log=lambda *_: None,
                                       compile_backend=compile_backend)

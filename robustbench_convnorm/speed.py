@@ -21,7 +21,7 @@ part of the run id, since it changes the numbers beyond rounding); its
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional
 
 import torch
@@ -186,6 +186,38 @@ class CompiledForward:
 
         with torch._dynamo.config.patch(suppress_errors=True):
             return self.compiled(x)
+
+
+#: oneDNN in the CPU builds of torch 2.13 corrupts the heap (segfault, double
+#: free) in the backward of a channels_last 1x1 convolution with stride > 1 and
+#: fewer than 8 input channels (seen on AMD EPYC; e.g. ResNet-18's first
+#: projection shortcut at width 0.0625). Wider or unstrided convs matched the
+#: contiguous gradients to 2e-6 in the same sweep (docs/benchmarks.md).
+CHANNELS_LAST_MIN_CHANNELS_CPU = 8
+
+
+def channels_last_fault(model: nn.Module, device: torch.device) -> Optional[str]:
+    """The first conv of ``model`` that channels_last would crash on ``device``
+    (see :data:`CHANNELS_LAST_MIN_CHANNELS_CPU`), by name; None when none would."""
+    if device.type != "cpu":
+        return None
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Conv2d) and module.in_channels < CHANNELS_LAST_MIN_CHANNELS_CPU
+                and tuple(module.kernel_size) == (1, 1) and max(module.stride) > 1):
+            return name
+    return None
+
+
+def for_model(switches: Resolved, model: nn.Module, device: torch.device,
+              log: Callable[[str], None] = print) -> Resolved:
+    """``switches`` less what this model cannot run on ``device``: channels_last
+    is turned off (and the log says why) where a conv would hit the CPU fault."""
+    culprit = channels_last_fault(model, device) if switches.channels_last else None
+    if culprit is None:
+        return switches
+    log(f"speed.channels_last off for this model: its conv {culprit!r} (1x1, strided, fewer than "
+        f"{CHANNELS_LAST_MIN_CHANNELS_CPU} input channels) crashes oneDNN's CPU backward in channels_last")
+    return replace(switches, channels_last=False)
 
 
 def prepare_model(model: nn.Module, switches: Resolved, log: Callable[[str], None] = print,

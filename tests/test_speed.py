@@ -1,6 +1,10 @@
 """The fast path (robustbench_convnorm/speed.py) computes what the plain path computes."""
 import contextlib
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from robustbench_convnorm.training.methods import METHODS
 from robustbench_convnorm.training.schedules import make_scheduler
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 PLAIN = SpeedConfig(channels_last="off", cudnn_benchmark="off", optimizer="for_loop", compile="off",
                     convnorm_fast="off")
 #: Every switch that applies to a CPU, on (compile has its own tests below).
@@ -327,3 +332,36 @@ def test_every_sgd_kernel_invalidates_weight_caches_on_cuda(impl):
                 method.train_batch(x, y)
             models.append(model)
     assert max_rel_diff(*models) <= 1e-5
+
+
+def test_channels_last_is_turned_off_for_a_model_with_the_crashing_cpu_conv():
+    """torch 2.13's CPU oneDNN backward of a channels_last 1x1 strided conv with
+    fewer than 8 input channels corrupts the heap (the process dies); ResNet-18 at
+    width 0.0625 has one (its first projection shortcut, 4 -> 8 channels). The
+    switch is dropped for that model, with the conv named, and kept for a model
+    without one, and on CUDA."""
+    tiny = build_model("resnet18", get_normalizer("vanilla"), num_classes=10, in_channels=3, mean=(0.5,) * 3,
+                       std=(0.25,) * 3, batchnorm=False, width=0.0625)
+    wide = build_model("resnet18", get_normalizer("vanilla"), num_classes=10, in_channels=3, mean=(0.5,) * 3,
+                       std=(0.25,) * 3, batchnorm=False, width=0.125)
+    on = speed.resolve(SpeedConfig(channels_last="on"), CPU)
+    said = []
+    assert speed.for_model(on, tiny, CPU, log=said.append).channels_last is False
+    assert "layer2.0.shortcut.0" in said[0]
+    assert speed.for_model(on, wide, CPU, log=said.append).channels_last is True
+    assert speed.for_model(on, tiny, torch.device("cuda"), log=said.append).channels_last is True
+    assert len(said) == 1
+
+
+def test_free_at_step_of_the_tiny_resnet_runs_with_channels_last_auto_on_cpu():
+    """The whole path in a child process (a heap corruption kills it): the
+    benchmark's replay resolves channels_last for vanilla (on by the measured
+    CPU default) and must still train the width-0.0625 ResNet-18."""
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from benchmarks.replay import FreeReplay\n"
+            "r = FreeReplay('vanilla', batch=4, width=0.0625, device=torch.device('cpu'))\n"
+            "r.step(); r.step(); print('channels_last', r.switches.channels_last)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "channels_last False" in done.stdout

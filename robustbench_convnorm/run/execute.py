@@ -104,7 +104,7 @@ def _prepare_model(spec: RunSpec, device, data_cache, record, log):
     meta = model_meta(data)
     model = build_run_model(spec.config, meta).to(device)
     record["params"] = trainable_params(model)
-    switches = speed.resolve(spec.config.speed, device, spec.normalizer.name)
+    switches = speed.for_model(speed.resolve(spec.config.speed, device, spec.normalizer.name), model, device, log)
     forward = speed.prepare_model(model, switches, log)
     record["speed"] = switches.as_dict()
     record["environment"] = environment(device)
