@@ -10,7 +10,7 @@ import pytest
 
 from leaderboard_records import make_record, write, write_per_example
 from robustbench_convnorm.leaderboard import build_leaderboard
-from robustbench_convnorm.leaderboard.stats import mcnemar_exact, seed_interval, wilson_interval
+from robustbench_convnorm.leaderboard.stats import mcnemar_exact, mcnemar_needed, seed_interval, wilson_interval
 
 N = 200
 
@@ -93,6 +93,41 @@ def test_seeds_pool_their_discordant_examples_and_intervals_use_the_seed_spread(
     assert "400 paired examples (seed 0,1)" in df.loc["sn", "test_vs_above"]
     accs = [100 * flip(a, 5 + s, s).mean() for s in (0, 1)]
     assert (df.loc["sn", "pgd20_acc_ci_lo"], df.loc["sn", "pgd20_acc_ci_hi"]) == pytest.approx(seed_interval(accs))
+
+
+def test_mcnemar_needed_by_hand_and_by_simulated_power():
+    """Connor's sample size by hand, and the power it promises checked by
+    simulation: pairs drawn with the observed discordance rates, tested by the
+    same exact McNemar the tables use, separate at alpha = 0.05 about 80 % of the
+    time at that size and clearly less often at a third of it."""
+    d, delta = 0.1, 0.04   # 7 % vs 3 % of 1000 examples discordant
+    by_hand = math.ceil((1.959964 * math.sqrt(d) + 0.841621 * math.sqrt(d - delta ** 2)) ** 2 / delta ** 2)
+    assert mcnemar_needed(70, 30, 1000) == by_hand == 489
+    assert mcnemar_needed(30, 70, 1000) == by_hand           # symmetric in the direction
+    assert mcnemar_needed(5, 5, 1000) == math.inf and math.isnan(mcnemar_needed(0, 0, 0))
+    rng = np.random.default_rng(0)
+
+    def power(n, trials=1500):
+        draws = rng.multinomial(n, [0.07, 0.03, 0.90], size=trials)
+        return np.mean([mcnemar_exact(b, c) < 0.05 for b, c, _ in draws])
+
+    assert 0.74 <= power(by_hand) <= 0.88
+    assert power(by_hand // 3) < 0.5
+
+
+def test_the_table_says_what_a_separation_needs(tmp_path):
+    """A tie's row says how many paired examples, test images at its seeds, or
+    seeds at its images would separate the pair at the observed effect."""
+    res = tmp_path / "r"
+    a = np.arange(N) < 140
+    write_model(res, "convnorm", 0, a)
+    write_model(res, "sn", 0, flip(a, 5, 2))   # 5 vs 2 of 200: tied
+    df = pd.read_csv(build_leaderboard(res, formats=[], plots=False)["csv"]).set_index("normalizer")
+    needed = mcnemar_needed(5, 2, N)
+    assert df.loc["sn", "needed_vs_above"] == needed and needed > N
+    assert (f"about {int(needed)} paired examples: {int(needed)} test images at 1 seed(s), or "
+            f"{math.ceil(needed / N)} seed(s) at {N} images") in df.loc["sn", "test_vs_above"]
+    assert pd.isna(df.loc["convnorm", "needed_vs_above"])
 
 
 def test_without_per_example_outcomes_nothing_is_called_tied(tmp_path):

@@ -112,6 +112,17 @@ def _paired_counts(upper: Group, lower: Group, metric: str) -> Optional[Tuple[in
     return (b, c, n, used) if used else None
 
 
+def _needed_text(needed: float, n: int, n_seeds: int) -> str:
+    """What a separation of this size needs, in the reader's units: paired
+    examples in all, then test images at these seeds and seeds at these images."""
+    if math.isinf(needed):
+        return "no difference observed, so no number of examples separates them"
+    images = n // max(n_seeds, 1)
+    return (f"a separation with {int(stats.POWER * 100)}% power needs about {int(needed)} paired examples: "
+            f"{math.ceil(needed / max(n_seeds, 1))} test images at {n_seeds} seed(s), or "
+            f"{math.ceil(needed / max(images, 1))} seed(s) at {images} images")
+
+
 def _counts(group: Group, metric: str) -> Tuple[int, int]:
     k = total = 0
     for r in group.finished:
@@ -132,8 +143,10 @@ def compare(upper: Group, lower: Group, metric: str, alpha: float = stats.ALPHA)
     if paired is not None:
         b, c, n, seeds = paired
         p = stats.mcnemar_exact(b, c)
+        needed = stats.mcnemar_needed(b, c, n, alpha)
         return stats.PairTest.of(p, "McNemar exact", f"{n} paired examples (seed {seeds_text(seeds)}): "
-                                 f"{b} only the upper model got right, {c} only this one", alpha)
+                                 f"{b} only the upper model got right, {c} only this one; "
+                                 f"{_needed_text(needed, n, len(seeds))}", alpha, needed)
     k1, n1 = _counts(upper, metric)
     k2, n2 = _counts(lower, metric)
     if metric.endswith("_success_rate") and n1 and n2:
@@ -149,6 +162,7 @@ def mark_ties(df: pd.DataFrame, groups: Sequence[Group], metric: Optional[str],
     df = df.copy()
     by_key = {g.key: g for g in groups}
     tied, pvals, tests = [pd.NA] * len(df), [math.nan] * len(df), [""] * len(df)
+    needed = [math.nan] * len(df)
     above: Dict[str, Group] = {}
     for i in range(len(df)):
         if metric is None or pd.isna(df["rank"].iloc[i]):
@@ -159,9 +173,11 @@ def mark_ties(df: pd.DataFrame, groups: Sequence[Group], metric: Optional[str],
             t = compare(above[ds], g, metric, alpha)
             tied[i] = pd.NA if t.tied is None else t.tied
             pvals[i] = t.p
+            needed[i] = t.needed
             tests[i] = f"{t.test}: {t.detail}" if t.test else t.detail
         above[ds] = g
     df["tied_with_above"] = pd.array(tied, dtype="boolean")
     df["p_vs_above"] = pvals
     df["test_vs_above"] = tests
+    df["needed_vs_above"] = needed
     return df

@@ -10,6 +10,17 @@
   difference" each is equally likely to go either way, so their split is
   Binomial(b + c, 1/2). Discordant counts of several seeds add up (each
   example of each seed is one independent pair under the null hypothesis).
+  Several seeds are pooled this way rather than tested on the seed means:
+  with 2-5 seeds a t test on means has 1-4 degrees of freedom and cannot
+  separate models a few points apart, while the pooled test uses every
+  example of every seed; the seeds are independent trainings, so pairs from
+  different seeds are independent, and within one seed the test is the
+  usual conditional one for two fixed models (docs/leaderboard.md).
+- How many paired examples a separation needs: from the observed
+  discordance rate and imbalance, the normal-approximation sample size of
+  McNemar's test (Connor 1987) at the test's alpha and 80 % power; divided
+  by the test images per seed it gives the seeds needed, divided by the
+  seeds the test images needed (:func:`mcnemar_needed`).
 - Two rates measured on different examples (SimBA attacks the images each
   model classifies correctly): Fisher's exact test on the 2x2 counts.
 """
@@ -24,7 +35,10 @@ from scipy import stats as _st
 
 ALPHA = 0.05
 
-__all__ = ["ALPHA", "wilson_interval", "seed_interval", "mcnemar_exact", "fisher_rates", "PairTest"]
+POWER = 0.8
+
+__all__ = ["ALPHA", "POWER", "wilson_interval", "seed_interval", "mcnemar_exact", "mcnemar_needed", "fisher_rates",
+           "PairTest"]
 
 
 def wilson_interval(percent: float, n: float, alpha: float = ALPHA) -> Tuple[float, float]:
@@ -55,6 +69,24 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(_st.binomtest(int(b), int(b + c), 0.5).pvalue)
 
 
+def mcnemar_needed(b: int, c: int, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Paired examples (examples x seeds) McNemar's test needs to find, with
+    probability ``power`` at level ``alpha``, a difference as large as the
+    observed one: ``b`` and ``c`` discordant pairs out of ``n``. Connor's (1987)
+    normal-approximation sample size, with discordance ``d = (b + c) / n`` and
+    difference ``delta = (b - c) / n``:
+    ``N = (z(1 - alpha/2) sqrt(d) + z(power) sqrt(d - delta^2))^2 / delta^2``.
+    inf when the models disagree on no example or split their disagreements
+    evenly (no observed effect to power), NaN without pairs."""
+    if n <= 0:
+        return math.nan
+    d, delta = (b + c) / n, (b - c) / n
+    if delta == 0:
+        return math.inf
+    za, zb = float(_st.norm.ppf(1 - alpha / 2)), float(_st.norm.ppf(power))
+    return float(math.ceil((za * math.sqrt(d) + zb * math.sqrt(max(d - delta * delta, 0.0))) ** 2 / (delta * delta)))
+
+
 def fisher_rates(k1: int, n1: int, k2: int, n2: int) -> float:
     """Two-sided Fisher exact p-value for k1/n1 against k2/n2 (unpaired)."""
     if min(n1, n2) <= 0:
@@ -70,11 +102,12 @@ class PairTest:
     test: str = ""  # "McNemar exact" | "Fisher exact" | ""
     detail: str = ""  # what was compared, or why nothing was
     tied: Optional[bool] = None  # None: not tested
+    needed: float = math.nan  # paired examples (examples x seeds) a separation needs (mcnemar_needed)
 
     @classmethod
     def untested(cls, why: str) -> "PairTest":
         return cls(detail=why)
 
     @classmethod
-    def of(cls, p: float, test: str, detail: str, alpha: float = ALPHA) -> "PairTest":
-        return cls(p=p, test=test, detail=detail, tied=bool(p >= alpha))
+    def of(cls, p: float, test: str, detail: str, alpha: float = ALPHA, needed: float = math.nan) -> "PairTest":
+        return cls(p=p, test=test, detail=detail, tied=bool(p >= alpha), needed=needed)
