@@ -16,7 +16,7 @@ import hashlib
 import json
 from typing import Any, Dict, Iterable, Mapping
 
-__all__ = ["NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity", "model_identity", "digest",
+__all__ = ["ADDED_KEYS", "NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity", "model_identity", "digest",
            "flatten", "short_names"]
 
 #: Sections that do not change what is trained: a run keeps its id (and its
@@ -24,6 +24,17 @@ __all__ = ["NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity", "model_identi
 NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threads", "launcher")
 #: Keys of ``train`` that say when to stop or save, not what is trained.
 NOT_IN_RUN_ID_TRAIN = ("stop_after_epochs", "checkpoint_every")
+
+
+#: Config keys added after run ids were published, each with the default it
+#: had when it was added: while a config holds that value the key is left out of
+#: the identity, so a run that does not use the new option keeps the id (and the
+#: checkpoint and records) it had before the option existed. A later change of
+#: the default does not touch this table, so such a run then gets a new id.
+ADDED_KEYS: Dict[str, Any] = {
+    "train.attack_steps": 10,
+    "train.trades_beta": 6.0,
+}
 
 
 def run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -35,6 +46,11 @@ def run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:
     if isinstance(train, dict):
         for key in NOT_IN_RUN_ID_TRAIN:
             train.pop(key, None)
+    for dotted, default in ADDED_KEYS.items():
+        section, _, leaf = dotted.partition(".")
+        holder = ident.get(section)
+        if isinstance(holder, dict) and leaf in holder and holder[leaf] == default:
+            del holder[leaf]
     return ident
 
 

@@ -66,7 +66,8 @@ class NormalizerEntry:
 
 @dataclass
 class TrainConfig:
-    method: str = _opt("natural", choices=["natural", "free", "fgsm_rs"])
+    method: str = _opt("natural", choices=["natural", "free", "fgsm_rs", "pgd", "trades"],
+                       doc="pgd: Madry et al. PGD-AT; trades: Zhang et al. (README, Training)")
     epochs: int = _opt(10, min=0, doc="free AT: each epoch replays every minibatch `replays` times")
     batch_size: int = _opt(128, min=1)
     lr: float = _opt(0.1, min=0.0, min_exclusive=True)
@@ -80,8 +81,11 @@ class TrainConfig:
                                   doc="cyclic: fraction of training spent rising to lr")
     eps: float = _opt(8 / 255, min=0.0, doc="L_inf radius of the training perturbation")
     step: Optional[float] = _opt(None, min=0.0,
-                                 doc="perturbation step (default: eps for free, 1.25 eps for fgsm_rs)")
+                                 doc="perturbation step (default: eps for free, 1.25 eps for fgsm_rs, "
+                                     "2.5 eps / attack_steps for pgd and trades)")
     replays: int = _opt(4, min=1, doc="free AT: m, replays of each minibatch")
+    attack_steps: int = _opt(10, min=1, doc="pgd, trades: attack steps per minibatch")
+    trades_beta: float = _opt(6.0, min=0.0, doc="trades: weight of the KL term (the paper's 1/lambda)")
     reset_delta: bool = _opt(False, doc="free AT: zero delta for each minibatch (ConvNorm code)")
     amp: str = _opt("auto", choices=["auto", "off", "bf16"],
                     doc="bf16 autocast (FFTs always fp32); auto: where measured faster (speed.AMP_AUTO)")

@@ -91,7 +91,8 @@ def estimated_cost(spec: RunSpec) -> float:
     """Relative training work: epochs x forward-backward passes per batch x
     the fraction of the training set. Evaluation is not counted."""
     tc = spec.config.train
-    passes = {"free": tc.replays, "fgsm_rs": 2}.get(tc.method, 1)
+    passes = {"free": tc.replays, "fgsm_rs": 2, "pgd": tc.attack_steps + 1,
+              "trades": tc.attack_steps + 3}.get(tc.method, 1)
     return float(tc.epochs * passes * spec.config.data.train_fraction) or 1.0
 
 

@@ -62,6 +62,21 @@ class Method:
     def load_state_dict(self, state: Dict) -> None:
         self.generator.set_state(state["generator"].cpu() if self.device.type == "cpu" else state["generator"])
 
+    def _global_draw(self, draw, x):
+        """``draw(shape)`` for this batch; under DDP drawn for the global batch and
+        sliced to this rank's rows, so the generator stays in lockstep on every rank."""
+        shape = x.shape if self.shard is None else (self.shard.n,) + tuple(x.shape[1:])
+        values = draw(shape)
+        return values if self.shard is None else values[self.shard.lo:self.shard.hi]
+
+    def global_rand(self, x):
+        """Uniform [0, 1) noise shaped like ``x`` from the method's generator (see _global_draw)."""
+        return self._global_draw(lambda shape: torch.rand(shape, generator=self.generator, device=x.device), x)
+
+    def global_randn(self, x):
+        """Standard normal noise shaped like ``x`` from the method's generator (see _global_draw)."""
+        return self._global_draw(lambda shape: torch.randn(shape, generator=self.generator, device=x.device), x)
+
     @staticmethod
     def tally(loss, logits, y):
         return loss * len(y), (logits.argmax(1) == y).sum(), len(y)
@@ -141,12 +156,7 @@ class FGSMRandomStart(Method):
     def train_batch(self, x, y):
         eps = self.cfg.eps
         step = 1.25 * eps if self.cfg.step is None else self.cfg.step
-        # under DDP the global batch's draw, sliced: the generator stays in lockstep on every rank
-        shape = x.shape if self.shard is None else (self.shard.n,) + tuple(x.shape[1:])
-        noise = torch.rand(shape, generator=self.generator, device=x.device)
-        if self.shard is not None:
-            noise = noise[self.shard.lo:self.shard.hi]
-        delta = (noise * 2 - 1) * eps
+        delta = (self.global_rand(x) * 2 - 1) * eps
         delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
         loss, _ = self.loss(x + delta, y)
         grad, = torch.autograd.grad(loss, delta)
