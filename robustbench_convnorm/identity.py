@@ -34,6 +34,7 @@ NOT_IN_RUN_ID_TRAIN = ("stop_after_epochs", "checkpoint_every")
 ADDED_KEYS: Dict[str, Any] = {
     "train.attack_steps": 10,
     "train.trades_beta": 6.0,
+    "train.budget": None,
 }
 
 
@@ -46,6 +47,8 @@ def run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:
     if isinstance(train, dict):
         for key in NOT_IN_RUN_ID_TRAIN:
             train.pop(key, None)
+    if isinstance(train, dict) and train.get("budget") is not None:
+        train.pop("epochs", None)  # the budget decides the epochs: it is what the id hashes
     for dotted, default in ADDED_KEYS.items():
         section, _, leaf = dotted.partition(".")
         holder = ident.get(section)

@@ -69,6 +69,9 @@ class TrainConfig:
     method: str = _opt("natural", choices=["natural", "free", "fgsm_rs", "pgd", "trades"],
                        doc="pgd: Madry et al. PGD-AT; trades: Zhang et al. (README, Training)")
     epochs: int = _opt(10, min=0, doc="free AT: each epoch replays every minibatch `replays` times")
+    budget: Optional[str] = _opt(None, doc="train for a wall-clock time ('30m', '2h') or optimizer steps "
+                                           "('5000 steps') instead of `epochs`: the epochs it buys are "
+                                           "fixed before training (README, Training budgets)")
     batch_size: int = _opt(128, min=1)
     lr: float = _opt(0.1, min=0.0, min_exclusive=True)
     momentum: float = _opt(0.9, min=0.0, max=1.0)

@@ -194,6 +194,22 @@ def _check_radii(cfg: Config, ctx: _Ctx) -> None:
                 _check_pixel(ev[key], f"eval.evaluators[{i}].{key}", ctx, warn_large=not small)
 
 
+def _check_budget(cfg: Config, ctx: _Ctx) -> None:
+    """train.budget reads as a time or a step count, and a multistep schedule
+    (milestones in epochs) cannot follow an epoch count the budget decides."""
+    if cfg.train.budget is None:
+        return
+    from ..training.budget import BudgetError, parse_budget
+
+    try:
+        parse_budget(cfg.train.budget)
+    except BudgetError as err:
+        raise ctx.fail("train.budget", str(err)) from None
+    if cfg.train.schedule == "multistep" and cfg.train.milestones:
+        raise ctx.fail("train.schedule", "multistep milestones are epochs, but under train.budget the budget "
+                                         "decides the epochs; use schedule: cosine, cyclic or constant")
+
+
 def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:
     ctx = _Ctx(source)
     if raw is None:
@@ -203,4 +219,5 @@ def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:
     cfg = _build(Config, raw, "", ctx)
     _check_lists(cfg, ctx)
     _check_radii(cfg, ctx)
+    _check_budget(cfg, ctx)
     return cfg

@@ -152,6 +152,9 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
                              "train_seconds_per_epoch": result.seconds_per_epoch,
                              "epochs_done": result.epochs_done}
         record["checkpoint_notes"] = result.notes
+        if result.plan is not None:  # train.budget: what it bought, what was used, how to replay it
+            record["budget"] = dict(result.plan.as_dict(), used_seconds=result.train_seconds,
+                                    replay=result.plan.replay_sets())
         if result.status == "interrupted":  # Ctrl-C: record it, then stop the whole grid
             finish(result.status, result.error)
             raise KeyboardInterrupt

@@ -4,13 +4,14 @@ checkpoints, exact resume, failure on a non-finite loss."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -21,6 +22,7 @@ from ..config import to_dict
 from ..data import DeviceBatches, to_float
 from ..progress import track_epoch
 from ..speed import make_sgd, uses_bf16
+from .budget import Plan, parse_budget, plan_epochs
 from .methods import METHODS
 from .schedules import make_scheduler
 
@@ -42,6 +44,7 @@ class TrainResult:
     error: Optional[Dict[str, Any]] = None
     checkpoint_epoch: int = 0        # the epoch whose checkpoint is on disk (0: none)
     notes: List[str] = field(default_factory=list)  # checkpoints set aside or fallen back from
+    plan: Optional[Plan] = None      # what train.budget bought (None: train.epochs)
 
     @property
     def seconds_per_epoch(self) -> Optional[float]:
@@ -101,6 +104,50 @@ def validate(model, subset, train_cfg, batch_size: int):
             100.0 * float(robust) / n if pgd is not None else None, source)
 
 
+#: A time budget's warm-up: untimed batches (caches, allocator, first-call
+#: costs), then timed ones; a validation pass is timed once on top.
+WARMUP_BATCHES, TIMED_BATCHES = 2, 4
+
+
+def measure_epoch_seconds(model, train_x, train_y, cfg, tc, device, optimizer_impl: str, n_batches: int,
+                          subset) -> float:
+    """Seconds one epoch of ``tc``'s method is estimated to take here, measured
+    on a copy of ``model`` with its own optimizer, batches and generator; every
+    RNG state is put back, so the run itself trains exactly as without it."""
+    states = rng_states(device)
+    try:
+        probe = copy.deepcopy(model)
+        probe.train()
+        optimizer = make_optimizer(probe, tc, optimizer_impl)
+        method_cls = METHODS.get(tc.method)
+        scheduler = make_scheduler(optimizer, tc, n_batches * method_cls.optimizer_steps_per_batch(tc))
+        method = method_cls(tc, probe, optimizer, scheduler, lambda: probe.normalizer.penalty(probe),
+                            autocast_for(tc.amp, device), device)
+        batches = DeviceBatches(train_x, train_y, tc.batch_size, shuffle=True,
+                                crop_padding=cfg.data.augment.crop_padding, flip=cfg.data.augment.flip, seed=0)
+        pending = []
+        while len(pending) < WARMUP_BATCHES + TIMED_BATCHES:
+            pending.extend(list(batches)[:WARMUP_BATCHES + TIMED_BATCHES - len(pending)])
+        for x, y in pending[:WARMUP_BATCHES]:
+            method.train_batch(x, y)
+        _sync(device)
+        t0 = time.perf_counter()
+        for x, y in pending[WARMUP_BATCHES:]:
+            method.train_batch(x, y)
+        _sync(device)
+        per_batch = (time.perf_counter() - t0) / TIMED_BATCHES
+        t0 = time.perf_counter()
+        validate(probe, subset, tc, max(tc.batch_size, 256))
+        return per_batch * n_batches + (time.perf_counter() - t0)
+    finally:
+        restore_rng_states(states, device)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def write_log(run_dir: Path, rows: List[Dict[str, Any]]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
@@ -128,15 +175,8 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
                             seed=spec.seed)
     if len(batches) == 0:
         raise ValueError(f"no training batches: {len(train_y)} examples; lower train.batch_size")
-    forward = distributed.wrap_model(model, forward, log)  # DDP under torchrun, else unchanged
-    optimizer = make_optimizer(model, tc, optimizer_impl)
     method_cls = METHODS.get(tc.method)
     steps_per_epoch = len(batches) * method_cls.optimizer_steps_per_batch(tc)
-    scheduler = make_scheduler(optimizer, tc, steps_per_epoch)
-    normalizer = model.normalizer
-    method = method_cls(tc, model, optimizer, scheduler, lambda: normalizer.penalty(model),
-                        autocast_for(tc.amp, device), device, forward=forward)
-    method.generator.manual_seed(spec.seed)
     subset = validation_subset(data, tc.val_examples, spec.seed, device)
 
     rows: List[Dict[str, Any]] = []
@@ -149,6 +189,27 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         ckpt, used, notes = distributed.load_latest(ckpt_path, map_location=device, log=log)
         if ckpt is not None:
             check_run_config(ckpt, cfg, used)
+    plan = None
+    if tc.budget is not None:
+        # fixed once, before the first epoch: a resumed run keeps its checkpoint's plan
+        if ckpt is not None and ckpt.get("plan"):
+            plan = Plan.from_dict(ckpt["plan"])
+        else:
+            plan = distributed.agree(plan_epochs(
+                parse_budget(tc.budget), steps_per_epoch,
+                lambda: measure_epoch_seconds(model, train_x, train_y, cfg, tc, device, optimizer_impl,
+                                              len(batches), subset), WARMUP_BATCHES + TIMED_BATCHES))
+            log(f"  budget {plan.budget}: {plan.epochs} epoch(s)" + (
+                f" at an estimated {plan.estimated_epoch_seconds:.1f} s each" if plan.kind == "time" else
+                f" of {plan.steps_per_epoch} optimizer steps"))
+        tc = replace(tc, epochs=plan.epochs)
+    forward = distributed.wrap_model(model, forward, log)  # DDP under torchrun, else unchanged
+    optimizer = make_optimizer(model, tc, optimizer_impl)
+    scheduler = make_scheduler(optimizer, tc, steps_per_epoch)
+    normalizer = model.normalizer
+    method = method_cls(tc, model, optimizer, scheduler, lambda: normalizer.penalty(model),
+                        autocast_for(tc.amp, device), device, forward=forward)
+    method.generator.manual_seed(spec.seed)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -167,11 +228,12 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "batches_rng": batches.state(), "rng": rng_states(device),
             "log": rows, "train_seconds": train_seconds, "run_config": to_dict(cfg), "model_meta": meta,
+            "plan": plan.as_dict() if plan is not None else None,
         }, ckpt_path, guard=guard)
         saved_epoch = epoch
 
     def result(status, done, error=None):
-        return TrainResult(status, done, train_seconds, rows, error, saved_epoch, notes)
+        return TrainResult(status, done, train_seconds, rows, error, saved_epoch, notes, plan)
 
     if start_epoch >= tc.epochs:
         if not ckpt_path.exists():
