@@ -22,8 +22,10 @@ def isnan(x: Any) -> bool:
 def fmt_value(m: str, v: float) -> str:
     if m == "params":
         return f"{v:,.0f}"
-    if m == "train_seconds_per_epoch":
+    if m in ("train_seconds_per_epoch", "train_seconds", "eval_seconds", "train_images_per_second"):
         return f"{v:.1f}"
+    if m == "peak_memory_mb":
+        return f"{v:,.0f}"
     if m == "mean_layer_spectral_norm" or "cond" in m:
         return f"{v:.3f}"
     return f"{v:.2f}"

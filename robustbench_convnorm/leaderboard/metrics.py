@@ -7,21 +7,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from .records import Run, num
+from .records import COST_METRICS, Run, num
 
 # Metrics that are better when lower; every other metric ranks higher-is-better
 # (plus every `*success_rate`: an attack's success is the model's failure).
-LOWER_IS_BETTER = {"train_seconds_per_epoch", "params", "lip_product_log10", "mean_layer_spectral_norm"}
+LOWER_IS_BETTER = {"train_seconds_per_epoch", "params", "lip_product_log10", "mean_layer_spectral_norm",
+                   "train_seconds", "peak_memory_mb", "eval_seconds"}
 # The worst case over attacks: per example, survived every attack (white-box and
 # black-box), and the white-box-only variant.
 WORST_CASE = ("worst_case_whitebox_acc", "worst_case_acc")
 # Names of `*_acc` metrics that are not white-box attacks, when the record does
 # not say so through evaluations[name]["kind"].
 _NOT_WHITEBOX_PREFIXES = ("clean", "worst_case", "simba", "noise", "random", "blackbox", "square")
-TAIL = ["train_seconds_per_epoch", "params", "lip_product_log10", "mean_layer_spectral_norm"]
+TAIL = ["train_seconds", "train_seconds_per_epoch", "train_images_per_second", "peak_memory_mb", "eval_seconds",
+        "params", "lip_product_log10", "mean_layer_spectral_norm"]
 _FIXED_TITLES = {
     "clean_acc": "clean", "worst_case_acc": "worst case", "worst_case_whitebox_acc": "worst case (white-box)",
-    "train_seconds_per_epoch": "s/epoch", "params": "params", "lip_product_log10": "log10 Lip bound",
+    "train_seconds_per_epoch": "s/epoch", "params": "params", "train_seconds": "train s",
+    "train_images_per_second": "train img/s", "peak_memory_mb": "peak MiB", "eval_seconds": "eval s", "lip_product_log10": "log10 Lip bound",
     "mean_layer_spectral_norm": "mean layer σ",
 }
 
@@ -160,6 +163,7 @@ def discover_metrics(runs: Sequence[Run]) -> MetricInfo:
         present.add("params")
     if any("train_seconds_per_epoch" in r.timings for r in runs):
         present.add("train_seconds_per_epoch")
+    present.update(m for m in COST_METRICS if any(not math.isnan(r.value(m)) for r in runs))
     names = [m for m in order if m in present]
     titles = {m: metric_title(m, versions.get(m)) for m in names}
     return MetricInfo(names=names, whitebox=whitebox, eval_eps={k: v for k, v in eval_eps.items() if k in whitebox},

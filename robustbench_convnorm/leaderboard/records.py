@@ -25,6 +25,10 @@ TRAIN_LOG = "train_log.csv"
 _AXES_IN_KEY = {"seeds", "normalizers", "batchnorm", "data.source", "model.arch", "train.method", "train.eps"}
 
 
+#: cost columns read from a record's ``cost`` (robustbench_convnorm/cost.py)
+COST_METRICS = ("train_seconds", "train_images_per_second", "peak_memory_mb", "eval_seconds")
+
+
 class LeaderboardWarning(UserWarning):
     """A record was skipped or only partly understood."""
 
@@ -65,7 +69,20 @@ class Run:
             return self.params
         if metric == "train_seconds_per_epoch":
             return self.timings.get("train_seconds_per_epoch", math.nan)
+        if metric in COST_METRICS:
+            return self.cost(metric)
         return math.nan
+
+    def cost(self, metric: str) -> float:
+        """A cost column from the record's ``cost`` (cost.py): training seconds,
+        images per second, peak memory, or the evaluators' seconds summed."""
+        cost = self.raw.get("cost")
+        if not isinstance(cost, dict):
+            return math.nan
+        if metric == "eval_seconds":
+            parts = cost.get("eval_seconds")
+            return float(sum(parts.values())) if isinstance(parts, dict) and parts else math.nan
+        return num(cost.get(metric))
 
     @property
     def run_dir(self) -> Path:

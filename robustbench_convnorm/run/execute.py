@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .. import atomic, distributed, logs, speed
+from .. import atomic, cost, distributed, logs, speed
 from ..checkpoints import CheckpointError
 from ..config import ConfigError, RunSpec, to_dict
 from ..data import DataError, expand_root, load_full, prepare_data
@@ -146,12 +146,14 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
 
     try:
         data, meta, model, forward, switches = _prepare_model(spec, device, data_cache, record, log)
+        scope = cost.reset_peak_memory(device)
         result = train_run(spec, model, data, meta, device, run_dir, resume=resume, log=log,
                            forward=forward, optimizer_impl=switches.optimizer, guard=lock.ensure_held)
         record["timings"] = {"train_seconds": result.train_seconds,
                              "train_seconds_per_epoch": result.seconds_per_epoch,
                              "epochs_done": result.epochs_done}
         record["checkpoint_notes"] = result.notes
+        record["cost"] = cost.training_cost(result, record.get("params"), device, cost.peak_memory_mb(device), scope)
         if result.plan is not None:  # train.budget: what it bought, what was used, how to replay it
             record["budget"] = dict(result.plan.as_dict(), used_seconds=result.train_seconds,
                                     replay=result.plan.replay_sets())
@@ -162,6 +164,7 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
             return finish(result.status, result.error)
         per_example = evaluate_into(record, model, data, spec.config, device, log, run_dir,
                                     title=_plot_title(record, spec))
+        record["cost"]["eval_seconds"] = cost.eval_seconds(record.get("evaluations") or {})
         lock.ensure_held()
         atomic.write_csv(run_dir / PER_EXAMPLE, per_example)
         return finish("finished")
@@ -186,6 +189,7 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
     run_dir = spec.run_dir
     if old:
         record["timings"], record["params"] = dict(old.get("timings") or {}), old.get("params")
+        record["cost"] = dict(old.get("cost") or {})
     # per_example.csv is replaced just before record.json; should the record's write then
     # fail, the old file goes back, so the kept record never sits beside another evaluation's outcomes
     per_example_path = run_dir / PER_EXAMPLE
@@ -219,6 +223,7 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         model.load_state_dict(ckpt["model"])
         per_example = evaluate_into(record, model, data, spec.config, device, log, run_dir,
                                     title=_plot_title(record, spec))
+        record.setdefault("cost", {})["eval_seconds"] = cost.eval_seconds(record.get("evaluations") or {})
         lock.ensure_held()
         replaced["old"] = per_example_path.read_bytes() if per_example_path.exists() else None
         atomic.write_csv(per_example_path, per_example)
