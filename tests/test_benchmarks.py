@@ -141,3 +141,22 @@ def test_fast_path_switches_match_the_plain_path_on_cuda(tmp_path):
                            "--batch", "8", "--width", "0.25", "--steps", "2", "--warmup", "1", "--out", str(out)]) == 0
     rows = read(out)
     assert rows and all(not r.get("error") and r["matches"] == "True" for r in rows), rows
+
+
+def test_layer_profile_splits_a_replay_by_phase_and_kind(tmp_path):
+    """The phases add up to the replay, ConvNorm's time shows up under FFTs and
+    Cayley's under linear algebra, and vanilla has neither."""
+    from benchmarks import profile_layers
+
+    out = tmp_path / "p.csv"
+    assert profile_layers.main(["--only", "convnorm,cayley", "--width", "0.0625", "--size", "16", "--batch", "4",
+                                "--steps", "1", "--threads", "1", "--out", str(out)]) == 0
+    rows = {r["normalizer"]: r for r in read(out)}
+    assert list(rows) == ["vanilla", "convnorm", "cayley"]
+    for r in rows.values():
+        phases = sum(float(r[f"{p}_ms"]) for p in profile_layers.PHASES)
+        assert float(r["total_ms"]) == pytest.approx(phases, abs=0.02)
+        assert r["command"].startswith("python -m benchmarks.profile_layers") and "--out" not in r["command"]
+    assert float(rows["vanilla"]["fft_ms"]) == 0 and float(rows["vanilla"]["linalg_ms"]) == 0
+    assert float(rows["convnorm"]["fft_ms"]) > 0 and float(rows["cayley"]["linalg_ms"]) > 0
+    assert float(rows["vanilla"]["time_vs_vanilla"]) == 1.0
