@@ -6,6 +6,7 @@ its module, with its own --help:
     evaluate     evaluate an outside model                (robustbench_convnorm.evaluate)
     leaderboard  build the leaderboard of a results dir   (robustbench_convnorm.leaderboard)
     lipschitz    a saved model's Lipschitz report, Table 9 (robustbench_convnorm.lipschitz)
+    publish      records + leaderboard into a folder to commit (robustbench_convnorm.leaderboard.publish)
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "evaluate": ("robustbench_convnorm.evaluate", "evaluate an outside model (package.module:factory)"),
     "leaderboard": ("robustbench_convnorm.leaderboard.cli", "build the leaderboard of a results directory"),
     "lipschitz": ("robustbench_convnorm.lipschitz.cli", "a saved model's Lipschitz report, or Table 9"),
+    "publish": ("robustbench_convnorm.leaderboard.publish", "copy a results folder's records for committing, "
+                                                            "with its leaderboard"),
 }
 
 

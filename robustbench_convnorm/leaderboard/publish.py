@@ -1,0 +1,113 @@
+"""Publish a results folder: its runs' records, per-example outcomes and
+training logs (never checkpoints) copied into a folder meant to be committed,
+with the command, machine and dates that made them, and its leaderboard built
+there from those copies alone.
+
+    robustbench-convnorm publish RESULTS_DIR DEST --command "make demo"
+
+``results/published/<name>/`` holds what the README shows; a test rebuilds
+each published leaderboard from its committed records and checks it is the
+committed one, so a published table can never drift from its records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .. import atomic
+from .build import build_leaderboard
+
+PROG = "robustbench-convnorm publish"
+#: the files of a run that are published (small, and all a leaderboard reads)
+RUN_FILES = ("record.json", "per_example.csv", "train_log.csv")
+ABOUT = "PUBLISHED.md"
+#: the formats built in a published folder: Markdown (what the README quotes) and the CSVs, plus plots
+FORMATS = ["md"]
+BUILT_FROM = "Built from the run records under"
+
+
+def copy_runs(results_dir: Path, dest: Path) -> List[str]:
+    """Each run's published files into DEST/runs/<run_id>/ (DEST/runs is replaced
+    whole, so a run removed from the results is removed here too). Returns the ids."""
+    runs = sorted(p.parent for p in (results_dir / "runs").glob("*/record.json"))
+    if not runs:
+        raise FileNotFoundError(f"no run records under {results_dir}/runs/: run the config first")
+    staging = dest / ".runs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for run in runs:
+        (staging / run.name).mkdir(parents=True)
+        for name in RUN_FILES:
+            if (run / name).exists():
+                shutil.copy2(run / name, staging / run.name / name)
+    shutil.rmtree(dest / "runs", ignore_errors=True)
+    staging.rename(dest / "runs")
+    return [r.name for r in runs]
+
+
+def provenance(dest: Path) -> Dict[str, List[str]]:
+    """What made the records: machines, torch versions, commits and the dates of the records."""
+    machines, torches, shas, dates = set(), set(), set(), []
+    for path in sorted((dest / "runs").glob("*/record.json")):
+        rec = json.loads(path.read_text())
+        env = rec.get("environment") or {}
+        machines.add(str(env.get("device_name") or rec.get("device") or "?"))
+        torches.add(str((rec.get("versions") or {}).get("torch", "?")))
+        shas.add(str(rec.get("git_sha") or "?"))
+        if rec.get("created"):
+            dates.append(str(rec["created"]))
+    return {"machine": sorted(machines), "torch": sorted(torches), "git_sha": sorted(shas),
+            "dates": [min(dates), max(dates)] if dates else []}
+
+
+def about_text(command: str, note: str, ids: Sequence[str], prov: Dict[str, List[str]]) -> str:
+    dates = " to ".join(prov["dates"]) if prov["dates"] else "?"
+    lines = [f"# {len(ids)} published run(s)", "",
+             f"- command: `{command}`",
+             f"- machine: {'; '.join(prov['machine'])}",
+             f"- torch: {', '.join(prov['torch'])}",
+             f"- commit(s) of the code that made them: {', '.join(prov['git_sha'])}",
+             f"- records created: {dates}",
+             "", "Each `runs/<run_id>/` holds the run's record.json, per_example.csv and train_log.csv "
+                 "(no checkpoints). `leaderboard.md`, the CSVs and the plots were built from them by "
+                 "`robustbench-convnorm publish`; tests/test_published.py rebuilds them in CI."]
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def publish(results_dir, dest, command: str, note: str = "") -> Dict[str, Path]:
+    results_dir, dest = Path(results_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    ids = copy_runs(results_dir, dest)
+    atomic.write_text(dest / ABOUT, about_text(command, note, ids, provenance(dest)))
+    return build_leaderboard(dest, formats=FORMATS)
+
+
+def comparable(markdown: str) -> str:
+    """A leaderboard.md without the line naming the folder it was built in."""
+    return "\n".join(line for line in markdown.splitlines() if not line.startswith(BUILT_FROM))
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("dest", metavar="DEST", help="the folder to publish into, e.g. results/published/quickstart")
+    p.add_argument("--command", required=True, help="the command that made the results (quoted)")
+    p.add_argument("--note", default="", help="a paragraph for PUBLISHED.md")
+    args = p.parse_args(argv)
+    try:
+        written = publish(args.results_dir, args.dest, args.command, args.note)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

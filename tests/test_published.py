@@ -1,0 +1,76 @@
+"""Published results (results/published/<name>/, made by `robustbench-convnorm
+publish`): each folder's leaderboard is what its committed records give, and
+the README quotes its ranking table as it is."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leaderboard_records import make_record, write, write_per_example
+from robustbench_convnorm.leaderboard import build_leaderboard
+from robustbench_convnorm.leaderboard.publish import ABOUT, comparable, publish
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = sorted(p for p in (ROOT / "results" / "published").glob("*") if (p / "runs").is_dir())
+
+
+def ranking_rows(markdown: str):
+    """The rows of the first ranking table of a leaderboard.md (lines of '| 1 | ...')."""
+    rows, started = [], False
+    for line in markdown.splitlines():
+        if re.match(r"^\| \d+( \(tied\))? \|", line):
+            rows.append(line)
+            started = True
+        elif started and not line.startswith("|"):
+            break
+    return rows
+
+
+@pytest.mark.parametrize("folder", PUBLISHED, ids=[p.name for p in PUBLISHED])
+def test_a_published_leaderboard_is_what_its_records_give(folder, tmp_path):
+    assert not list(folder.rglob("checkpoint*")), "checkpoints are never published"
+    assert (folder / ABOUT).exists()
+    rebuilt = build_leaderboard(folder, tmp_path, formats=["md"], plots=False)
+    assert comparable(rebuilt["md"].read_text()) == comparable((folder / "leaderboard.md").read_text())
+    assert rebuilt["csv"].read_text() == (folder / "leaderboard.csv").read_text()
+
+
+@pytest.mark.parametrize("folder", PUBLISHED, ids=[p.name for p in PUBLISHED])
+def test_the_readme_quotes_the_published_ranking(folder):
+    readme = (ROOT / "README.md").read_text()
+    if f"results/published/{folder.name}" not in readme:
+        pytest.skip(f"the README does not show results/published/{folder.name}")
+    rows = ranking_rows((folder / "leaderboard.md").read_text())
+    assert rows and all(row in readme for row in rows), f"README's table differs from {folder}/leaderboard.md"
+
+
+def test_publish_copies_records_not_checkpoints_and_the_rebuild_matches(tmp_path):
+    res = tmp_path / "res"
+    correct = np.arange(40) < 30
+    for name, shift in (("sn", 0), ("oni", 8)):
+        rec = make_record(normalizer=name, pgd20=100.0 * (30 - shift) / 40, environment={"device_name": "CPU X"})
+        write(res, rec)
+        write_per_example(res, rec, {"clean_correct": np.ones(40, bool), "pgd20_correct": np.roll(correct, shift) &
+                                     (np.arange(40) < 30 - shift), "worst_case_correct": correct})
+        (res / "runs" / rec["run_id"] / "checkpoint.pt").write_bytes(b"weights")
+        (res / "runs" / rec["run_id"] / "train_log.csv").write_text("epoch\n1\n")
+    dest = tmp_path / "published" / "demo"
+    written = publish(res, dest, command="make demo", note="A test.")
+    assert not list(dest.rglob("checkpoint*"))
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == sorted(p.name for p in (res / "runs").iterdir())
+    assert all({f.name for f in d.iterdir()} == {"record.json", "per_example.csv", "train_log.csv"}
+               for d in (dest / "runs").iterdir())
+    about = (dest / ABOUT).read_text()
+    assert "`make demo`" in about and "CPU X" in about and "A test." in about
+    assert ranking_rows(written["md"].read_text())
+    rebuilt = build_leaderboard(dest, tmp_path / "again", formats=["md"], plots=False)
+    assert comparable(rebuilt["md"].read_text()) == comparable(written["md"].read_text())
+    # a record edited after publishing no longer gives the published table
+    path = next((dest / "runs").glob("*/record.json"))
+    rec = json.loads(path.read_text())
+    rec["metrics"]["pgd20_acc"] += 5
+    path.write_text(json.dumps(rec))
+    edited = build_leaderboard(dest, tmp_path / "edited", formats=["md"], plots=False)
+    assert comparable(edited["md"].read_text()) != comparable(written["md"].read_text())
