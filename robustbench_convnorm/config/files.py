@@ -50,7 +50,9 @@ def parse_set(expr: str) -> Tuple[str, Any]:
     try:
         value = load_yaml(text, f"--set {expr!r}") if text.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {expr!r}: the value is not valid YAML ({err.__class__.__name__})")
+        raise ConfigError(f"--set {expr!r}: the value is not valid YAML ({err.__class__.__name__})") from None
+    except RecursionError:
+        raise ConfigError(f"--set {expr!r}: the value is nested too deeply") from None
     return key, value
 
 
