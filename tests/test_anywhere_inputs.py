@@ -1,7 +1,6 @@
 """Inputs that used to end in a traceback or mean something else than
 written: each is now one message naming the problem (exit status 2 at the
 command line), or read as written."""
-import json
 import os
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import time
 
 import pytest
 import torch
-import yaml
 
 from robustbench_convnorm import evaluate, run
 from robustbench_convnorm.config import ConfigError, load_config, load_raw, parse_set
@@ -20,7 +18,7 @@ from robustbench_convnorm.leaderboard.records import LeaderboardWarning
 from robustbench_convnorm.normalizers import get_normalizer
 from robustbench_convnorm.registry import RegistryError
 
-from cli_util import ROOT, env
+from cli_util import env
 from leaderboard_records import make_record, write
 from scaleout_util import write_config
 
@@ -45,7 +43,7 @@ def _one_error(capsys, argv):
     ("cayley", {"scale": 2}, "normalizer 'cayley' has no option 'scale'; allowed: (none)"),
 ])
 def test_normalizer_options_are_checked_against_their_annotations(name, options, words):
-    with pytest.raises(RegistryError, match=None) as info:
+    with pytest.raises(RegistryError) as info:
         get_normalizer(name, **options)
     assert words in str(info.value)
 
