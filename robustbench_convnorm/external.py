@@ -104,6 +104,13 @@ def load_weights(model: nn.Module, path, spec: str) -> str:
     if state is None:
         raise ExternalModelError(f"--checkpoint {path} holds no state dict (tensors by name, alone or under "
                                  f"'state_dict' or 'model'); save model.state_dict() with torch.save")
+    own = model.state_dict()
+    wrong = [f"{k} is {tuple(v.shape)} there, {tuple(own[k].shape)} in the model"
+             for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:  # load_state_dict would stop with a traceback listing every tensor
+        raise ExternalModelError(f"--checkpoint {path} does not fit the model {spec} builds: {len(wrong)} tensor(s) "
+                                 f"of another shape ({'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}); "
+                                 f"give the weights of this very architecture (same widths and classes)")
     result = model.load_state_dict(dict(state), strict=False)
     if result.missing_keys or result.unexpected_keys:
         parts = []

@@ -11,6 +11,7 @@ import yaml
 
 from .sections import Config, ConfigError
 from .validate import config_from_dict
+from .yaml_strict import load_yaml, yaml_problem
 
 
 def set_path(raw: Dict[str, Any], dotted: str, value, source: str = "<config>") -> None:
@@ -47,9 +48,11 @@ def parse_set(expr: str) -> Tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {expr!r}: the key is empty")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text, f"--set {expr!r}") if text.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {expr!r}: the value is not valid YAML ({err.__class__.__name__})")
+        raise ConfigError(f"--set {expr!r}: the value is not valid YAML ({err.__class__.__name__})") from None
+    except RecursionError:
+        raise ConfigError(f"--set {expr!r}: the value is nested too deeply") from None
     return key, value
 
 
@@ -72,9 +75,11 @@ def load_raw(path) -> Dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file (binary data); {example}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, str(path))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{yaml_problem(err, str(path))}; {example}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if raw is None:
         raise ConfigError(f"{path} is empty (or only comments), so it would run the default config; write the "
                           f"sections you mean (start from configs/quickstart.yaml)")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List
 
 from ..numbers import NAME_KEYS, NumberError, parse_number
@@ -210,6 +212,30 @@ def _check_budget(cfg: Config, ctx: _Ctx) -> None:
                                          "decides the epochs; use schedule: cosine, cyclic or constant")
 
 
+#: Linux's limits on one name and a whole path, in bytes; a run adds up to
+#: ``OUTPUT_HEADROOM`` below output_dir (runs/<run id>/<file>, temporary names)
+NAME_MAX, PATH_MAX, OUTPUT_HEADROOM = 255, 4096, 512
+
+
+def _check_output_dir(cfg: Config, ctx: _Ctx) -> None:
+    """An output_dir the file system cannot hold is refused here, not met as
+    an OSError deep in a run."""
+    text = cfg.output_dir
+    if not text.strip():
+        raise ctx.fail("output_dir", "is empty; name a folder, e.g. results/my_grid")
+    if "\0" in text:
+        raise ctx.fail("output_dir", "holds a NUL character; name a folder, e.g. results/my_grid")
+    for part in Path(text).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise ctx.fail("output_dir", f"the folder name {part[:40]!r}... is {size} bytes, more than the "
+                                         f"{NAME_MAX} a file system allows in one name; shorten it")
+    size = len(os.fsencode(os.path.abspath(text)))
+    if size + OUTPUT_HEADROOM > PATH_MAX:
+        raise ctx.fail("output_dir", f"its full path is {size} bytes; the files of a run below it need paths "
+                                     f"of at most {PATH_MAX} bytes, so keep it under {PATH_MAX - OUTPUT_HEADROOM}")
+
+
 def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:
     ctx = _Ctx(source)
     if raw is None:
@@ -220,4 +246,5 @@ def config_from_dict(raw: Dict[str, Any], source: str = "<config>") -> Config:
     _check_lists(cfg, ctx)
     _check_radii(cfg, ctx)
     _check_budget(cfg, ctx)
+    _check_output_dir(cfg, ctx)
     return cfg

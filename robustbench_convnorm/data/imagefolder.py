@@ -57,6 +57,9 @@ def _zip_split(path: Path, split: str) -> Optional[_Split]:
         infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"imagefolder: {path} is not a readable zip ({err}); replace it") from None
+    except UnicodeDecodeError:  # a member flagged UTF-8 whose name is not
+        raise DataError(f"imagefolder: {path} names a member in bytes that are not UTF-8 although the zip "
+                        f"says they are; re-create the zip with UTF-8 names") from None
     found = []
     for info in infos:
         parts = Path(info.filename).parts
@@ -75,12 +78,28 @@ def _zip_split(path: Path, split: str) -> Optional[_Split]:
     return _Split(found, zf.read, lambda m: f"{path}:{m}", fingerprint, zf.close)
 
 
+def _shown(path) -> str:
+    """A path as text, undecodable bytes written as \\xff escapes."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _check_utf8(path: Path, parts) -> None:
+    """Names become labels, cache keys and record fields: they must be text."""
+    for part in parts:
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"imagefolder: {_shown(path)}: the name '{_shown(part)}' is not UTF-8 text; rename "
+                            f"it (class folders and image files need UTF-8 names)") from None
+
+
 def _dir_split(folder: Path) -> Optional[_Split]:
     found, stats = [], hashlib.sha256()
     for p in sorted(folder.glob("*/*")):
         rel = p.relative_to(folder).parts
         if _ignored(rel) or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
             continue
+        _check_utf8(p, rel)
         st = p.stat()
         stats.update(f"{'/'.join(rel)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         found.append((p.parent.name, str(p)))

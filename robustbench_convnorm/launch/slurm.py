@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 try:
     import submitit
@@ -39,7 +40,8 @@ from . import merge
 from .options import LauncherOptions
 from .worker import code_root, done_line, mark_lost, passed_flags, worker_argv
 
-__all__ = ["RunTask", "make_executor", "executor_parameters", "submit", "wait_and_report"]
+__all__ = ["RunTask", "make_executor", "executor_parameters", "gpus_per_task", "slurm_available", "submit",
+           "wait_and_report"]
 
 
 class RunTask(Checkpointable):
@@ -70,9 +72,49 @@ def _time_default(opts: LauncherOptions) -> int:
     return opts.time if opts.time is not None else 240
 
 
-def executor_parameters(opts: LauncherOptions, cfg, n_tasks: int) -> Dict[str, Any]:
+def slurm_available() -> bool:
+    """Whether this machine can submit to SLURM (submitit looks for srun)."""
+    return submitit.SlurmExecutor.affinity() > 0
+
+
+def _cluster_has_gpus(partition: Optional[str]) -> Optional[bool]:
+    """Whether the partition (or, without one, any partition) offers GPUs,
+    from sinfo's generic resources; None when sinfo cannot tell."""
+    if shutil.which("sinfo") is None:
+        return None
+    cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", partition] if partition else [])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    return "gpu" in proc.stdout.lower()
+
+
+def gpus_per_task(opts: LauncherOptions, cfg) -> Tuple[int, str]:
+    """The GPUs each task asks for, and how that was decided (for messages).
+    ``device: auto`` follows the cluster, not the submitting host: 1 where
+    sinfo lists GPUs on the partition, 0 where it lists none."""
+    if opts.gpus_per_task is not None:
+        return opts.gpus_per_task, "--gpus-per-task"
+    if cfg.device == "cpu":
+        return 0, "device: cpu"
+    if cfg.device == "cuda":
+        return 1, "device: cuda"
+    has = _cluster_has_gpus(opts.partition)
+    if has is None:
+        return 1, ("device: auto, and sinfo could not say whether the partition has GPUs; on a CPU-only "
+                   "partition set --gpus-per-task 0 (or device: cpu)")
+    where = f"partition {opts.partition}" if opts.partition else "the cluster"
+    return (1, f"device: auto, and sinfo lists GPUs on {where}") if has else \
+        (0, f"device: auto, and sinfo lists no GPU on {where}")
+
+
+def executor_parameters(opts: LauncherOptions, cfg, n_tasks: int, gpus: Optional[int] = None) -> Dict[str, Any]:
     """submitit's parameters for these options (names submitit validates)."""
-    gpus = opts.gpus_per_task if opts.gpus_per_task is not None else (0 if cfg.device == "cpu" else 1)
+    if gpus is None:
+        gpus = gpus_per_task(opts, cfg)[0]
     setup = []
     root = code_root()
     if root:  # the tasks import this checkout's code, whatever their working directory
@@ -104,12 +146,41 @@ def executor_parameters(opts: LauncherOptions, cfg, n_tasks: int) -> Dict[str, A
     return {k: v for k, v in params.items() if v is not None}
 
 
-def make_executor(folder: Path, opts: LauncherOptions, cfg, n_tasks: int):
+class _CheckOnlySlurmExecutor(submitit.SlurmExecutor):
+    """submitit's SLURM executor where SLURM is not installed, for --dry-run:
+    it checks parameters as the real one does and never submits."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+    def _internal_process_submissions(self, delayed_submissions):
+        raise RuntimeError("a check-only executor never submits")
+
+
+def _auto_executor(folder: Path, opts: LauncherOptions, check_only: bool):
+    kwargs = {"python": opts.python} if opts.python and opts.cluster == "slurm" else {}
+    if not (check_only and opts.cluster == "slurm"):
+        return submitit.AutoExecutor(folder=folder, cluster=opts.cluster,
+                                     **{f"slurm_{k}": v for k, v in kwargs.items()})
+    # submitit's AutoExecutor translates the generic names (mem_gb, timeout_min,
+    # slurm_*) for its inner executor; give it the check-only one
+    executor = submitit.AutoExecutor(folder=folder, cluster="debug")
+    executor.cluster, executor._executor = "slurm", _CheckOnlySlurmExecutor(folder, **kwargs)
+    return executor
+
+
+def make_executor(folder: Path, opts: LauncherOptions, cfg, n_tasks: int, *, check_only: bool = False,
+                  gpus: Optional[int] = None):
     """submitit's AutoExecutor with our parameters; a misspelled or invalid
-    one becomes one ConfigError naming it."""
-    kwargs = {"slurm_python": opts.python} if opts.python and opts.cluster == "slurm" else {}
-    executor = submitit.AutoExecutor(folder=folder, cluster=opts.cluster, **kwargs)
-    params = executor_parameters(opts, cfg, n_tasks)
+    one becomes one ConfigError naming it. ``check_only`` (--dry-run) needs
+    no SLURM on this machine."""
+    if opts.cluster == "slurm" and not check_only and not slurm_available():
+        raise ConfigError("--launcher slurm: this machine has no SLURM (srun is not on PATH); submit from a "
+                          "SLURM login node, check the submission here with --dry-run, or run on this machine "
+                          "with --launcher local")
+    executor = _auto_executor(folder, opts, check_only)
+    params = executor_parameters(opts, cfg, n_tasks, gpus)
     try:
         executor.update_parameters(**params)
     except (NameError, ValueError, TypeError, AssertionError) as err:
@@ -145,19 +216,23 @@ def submit(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Launche
         return 0
     root = Path(cfg.output_dir).resolve() / "launcher"
     folder = root / "slurm"
-    executor = make_executor(folder, opts, cfg, len(specs))
+    gpus, why = gpus_per_task(opts, cfg)
+    executor = make_executor(folder, opts, cfg, len(specs), check_only=args.dry_run, gpus=gpus)
     if args.dry_run:
-        params = executor_parameters(opts, cfg, len(specs))
+        params = executor_parameters(opts, cfg, len(specs), gpus)
         print(f"--launcher slurm would submit {len(specs)} task(s) (one run each), logs in {folder}, with:")
         for key in sorted(params):
             print(f"  {key}: {params[key]}")
+        print(f"  ({gpus} GPU(s) per task: {why})")
         return 0
     config = str(_snapshot(args.config, root))
     task = RunTask(config, args.overrides, passed_flags(args), os.getcwd())
     try:
         jobs = executor.map_array(task, [s.run_id for s in specs])
     except Exception as err:  # sbatch refused (partition, account, limits): its own words
-        raise ConfigError(f"sbatch refused the job array: {str(err).strip().splitlines()[-1]}") from None
+        lines = str(err).strip().splitlines() or [err.__class__.__name__]
+        hint = f" (each task asked for {gpus} GPU(s): {why})" if gpus else ""
+        raise ConfigError(f"sbatch refused the job array: {lines[-1]}{hint}") from None
     array_id = str(jobs[0].job_id).split("_")[0]
     manifest = {"job_id": array_id, "config": config, "submitted_config": str(Path(args.config).resolve()),
                 "overrides": list(args.overrides), "cwd": os.getcwd(), "log_folder": str(folder),

@@ -35,6 +35,16 @@ def _prepare(out: Path) -> None:
         raise OutputError(f"output folder {out} is not writable; give --out a folder you can write")
 
 
+def _remove_orphans(out: Path) -> None:
+    """A build killed mid-write leaves its temporary file beside the target:
+    the next build removes those of dead writers (atomic.remove_orphan_temps)."""
+    from .export import EXPORTERS
+
+    atomic.remove_orphan_temps(out)
+    for name in EXPORTERS.names():
+        atomic.remove_orphan_temps(out / name, recursive=True)
+
+
 def build_leaderboard(results_dir, out_dir=None, rank_by: Optional[str] = None,
                       formats: Optional[Iterable[str]] = None, export: Iterable[str] = (),
                       alpha: float = stats.ALPHA, plots: bool = True) -> Dict[str, Path]:
@@ -62,6 +72,7 @@ def build_leaderboard(results_dir, out_dir=None, rank_by: Optional[str] = None,
     out = Path(out_dir) if out_dir is not None else results_dir
     lb = assemble(results_dir, rank_by, alpha)
     _prepare(out)
+    _remove_orphans(out)
     written: Dict[str, Path] = {"runs_csv": out / "leaderboard_runs.csv", "csv": out / "leaderboard.csv"}
     try:
         atomic.write_csv(written["runs_csv"], lb.runs_df)

@@ -127,11 +127,33 @@ def _key_eps(x: Any) -> Optional[float]:
     return None if math.isnan(v) else round(v, 10)
 
 
+#: seeds are 64-bit (config.MAX_SEED); the tables hold them as int64
+_MAX_SEED = 2 ** 63 - 1
+
+
 def _seed(x: Any) -> Optional[int]:
     if isinstance(x, int) and not isinstance(x, bool):
-        return x  # exact: seeds go up to 2**63 - 1, past what a float holds
-    v = num(x)
-    return None if math.isnan(v) else int(v)
+        seed = x  # exact: seeds go up to 2**63 - 1, past what a float holds
+    else:
+        v = num(x)
+        if math.isnan(v):
+            return None
+        if not math.isfinite(v) or v != int(v):
+            raise ValueError(f"seed {x!r} is not an integer")
+        seed = int(v)
+    if not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"seed {seed} does not fit 64 bits (0 to 2**63-1): not a seed the run command writes")
+    return seed
+
+
+def _finite(path: Path, block: str, values: Dict[str, float]) -> Dict[str, float]:
+    """The finite entries; an infinite one is dropped with a warning naming it
+    (an accuracy or a time cannot be infinite: the record is damaged there)."""
+    bad = sorted(k for k, v in values.items() if math.isinf(v))
+    if bad:
+        warnings.warn(f"{path}: {block} {', '.join(bad)} infinite: left out of the leaderboard",
+                      LeaderboardWarning, stacklevel=4)
+    return {k: v for k, v in values.items() if not math.isinf(v)}
 
 
 def _is_resolved_config(config: dict) -> bool:
@@ -183,11 +205,12 @@ def parse_record(path: Path, data: Any) -> Run:
         raise ValueError("'metrics' is not an object")
     metrics = {str(k): num(v) for k, v in raw_metrics.items()
                if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+    metrics = _finite(path, "metric", {k: v for k, v in metrics.items() if not math.isnan(v)})
     evaluations = data.get("evaluations") if isinstance(data.get("evaluations"), dict) else {}
     evaluations = {str(k): v for k, v in evaluations.items() if isinstance(v, dict)}
     raw_timings = data.get("timings") or {}
     timings = {str(k): num(v) for k, v in raw_timings.items()} if isinstance(raw_timings, dict) else {}
+    timings = _finite(path, "timing", timings)
     if math.isnan(timings.get("train_seconds_per_epoch", math.nan)):
         total, epochs = timings.get("train_seconds", math.nan), timings.get("epochs_done", math.nan)
         if not math.isnan(total) and not math.isnan(epochs) and epochs > 0:
@@ -208,7 +231,8 @@ def parse_record(path: Path, data: Any) -> Run:
     return Run(
         path=path, run_id=str(data["run_id"]), status=str(data["status"]), key=key,
         seed=_seed(field_("seed")), metrics=metrics, evaluations=evaluations,
-        params=num(data.get("params")), timings=timings, flags=[str(f) for f in flags],
+        params=_finite(path, "field", {"params": num(data.get("params"))}).get("params", math.nan),
+        timings=timings, flags=[str(f) for f in flags],
         identity=ident, error_epoch=error.get("epoch"),
         error_reason="" if error.get("reason") is None else str(error.get("reason")),
         expected_seeds=expected, normalizer_options=options if isinstance(options, dict) else {},

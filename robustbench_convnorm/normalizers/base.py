@@ -10,7 +10,9 @@ from torch import nn
 
 class Normalizer:
     """Base class. A subclass takes its options as keyword arguments of
-    ``__init__`` (validated against the signature by ``get_normalizer``), builds
+    ``__init__`` (validated against the signature by ``get_normalizer``: an
+    unknown name, or a value its annotation (bool, int, float, str,
+    Optional[...]) does not admit, stops there with one message), builds
     the conv layer in ``conv`` with ``nn.Conv2d``'s arguments, and may add a
     term to the training loss in ``penalty``.
 
@@ -19,6 +21,9 @@ class Normalizer:
     """
 
     registered_name = "?"
+    #: other spellings of options (``{"lambda": "lam"}``): type-checked as the
+    #: option they name; ``__init__`` takes them through ``**kwargs``
+    option_aliases: Dict[str, str] = {}
     #: Suggested learning rate etc. are not set here: per-normalizer overrides
     #: live in the config (``normalizers: [{name: oni, overrides: {train.lr: 0.01}}]``).
 

@@ -76,6 +76,8 @@ class OCNN(Normalizer):
         ``conv_role`` (built outside the model builders) are always covered.
     """
 
+    option_aliases = {"lambda": "lam"}
+
     @classmethod
     def resolved_options(cls, options):
         options = dict(options)

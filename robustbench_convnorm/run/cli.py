@@ -97,11 +97,11 @@ def _main(argv, prog) -> int:
         specs, shard = launch.select_runs(grid, args)  # --run-id, --shard, a SLURM array's part, or all
         preflight(specs, args.config)
         device = resolve_device(cfg.device)
-        check_output_dir(cfg.output_dir, create=not args.dry_run)
         if args.launcher and distributed.requested():
             raise ConfigError("--launcher under torchrun: launch without torchrun (launcher.tasks_per_node "
                               "makes each SLURM task data-parallel)")
         data_lines = _data_check(specs, args)
+        check_output_dir(cfg.output_dir, create=not args.dry_run)  # last: a refused config creates nothing
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
