@@ -21,7 +21,7 @@ _NOT_WHITEBOX_PREFIXES = ("clean", "worst_case", "simba", "noise", "random", "bl
 TAIL = ["train_seconds_per_epoch", "params", "lip_product_log10", "mean_layer_spectral_norm"]
 _FIXED_TITLES = {
     "clean_acc": "clean", "worst_case_acc": "worst case", "worst_case_whitebox_acc": "worst case (white-box)",
-    "train_seconds_per_epoch": "s/epoch", "params": "params", "lip_product_log10": "log10 Lip bound",
+    "train_seconds_per_epoch": "s/epoch", "params": "params", "lip_product_log10": "log10 conv-norm product",
     "mean_layer_spectral_norm": "mean layer σ",
 }
 

@@ -178,17 +178,25 @@ def table9(lb: Leaderboard) -> Optional[Dict[str, Any]]:
         return None
     try:
         from ..lipschitz import table9 as compute
+        from ..lipschitz.convnorm_table9 import PLACEHOLDER_NOTE
         rows = compute(raw)
     except Exception:  # another package's table; the page goes on without it
         return None
     if not rows:
         return None
+
+    def mean_cell(x) -> str:  # a placeholder (infinite condition number) is never shown as a number
+        if x.get("mean_improvement") is None:
+            return "n/a ¹"
+        return cells.fmt_cell("cond", x["mean_improvement"], x.get("std") if (x.get("runs") or 0) > 1 else None)
+
     body = [[cells.text(x.get("dataset")), cells.text(x.get("arch")), cells.text(x.get("train_method")),
-             cells.fmt_eps(x.get("train_eps")), cells.text(x.get("normalizer")),
-             cells.fmt_cell("cond", x.get("mean_improvement"), x.get("std") if (x.get("runs") or 0) > 1 else None),
-             cells.text(x.get("runs"))] for x in rows]
-    return {"header": ["dataset", "arch", "method", "train eps", "normalizer", "mean improvement", "runs"],
-            "rows": body}
+             cells.fmt_eps(x.get("train_eps")), cells.text(x.get("normalizer")), mean_cell(x),
+             cells.text(x.get("runs")), f"{x['placeholder_runs']} ¹" if x.get("placeholder_runs") else "0"]
+            for x in rows]
+    note = f"¹ {PLACEHOLDER_NOTE}" if any(x.get("placeholder_runs") for x in rows) else None
+    return {"header": ["dataset", "arch", "method", "train eps", "normalizer", "mean improvement", "runs",
+                       "n/a runs"], "rows": body, "note": note}
 
 
 def problems(lb: Leaderboard) -> List[Dict[str, Any]]:
