@@ -5,9 +5,12 @@
     model = load_model("digits-convnet-sn-free-s0-1a2b3c4d", results_dir="results/quickstart")
     model = load_model("results/quickstart/runs/<run_id>/checkpoint.pt")
 
-The model comes back in eval mode on ``device``, taking images in [0, 1]
+The model comes back in eval mode on ``device``, taking float images in [0, 1]
 (its input normalization is inside it) and returning logits, as torchattacks'
-attacks and RobustBench's ``benchmark`` expect. It is rebuilt from the run
+attacks and RobustBench's ``benchmark`` expect. Integer images (the harness's
+data sets hold uint8 ones, ``data.test_x``) are refused with a TypeError that
+names the conversion (``to_float(x)``, i.e. ``x.float() / 255``): fed as they are,
+0..255 values give a silently wrong accuracy. It is rebuilt from the run
 configuration saved in the checkpoint, whose SHA-256 is checked first
 (checkpoints.load_model).
 """
@@ -16,12 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
 from torch import nn
 
 from .checkpoints import CheckpointError
 from .registry import closest
 
-__all__ = ["load_model", "find_checkpoint", "ModelNotFound"]
+__all__ = ["load_model", "find_checkpoint", "ModelNotFound", "refuse_integer_images"]
 
 CHECKPOINT = "checkpoint.pt"  # training/loop.py's name, without importing the training code
 PathLike = Union[str, Path]
@@ -64,6 +68,15 @@ def find_checkpoint(run: PathLike, results_dir: Optional[PathLike] = None) -> Pa
                         + (f", e.g. {known[0]}" if known else ""))
 
 
+def refuse_integer_images(module: nn.Module, args) -> None:
+    """Forward pre-hook: integer images (uint8 0..255) are not the [0, 1] floats the model takes."""
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(f"the model takes float images in [0, 1], got a {x.dtype} tensor of shape {tuple(x.shape)}; "
+                        f"convert it first: robustbench_convnorm.data.to_float(x) (x.float() / 255 for uint8 "
+                        f"images such as the harness's data.test_x)")
+
+
 def load_model(run: PathLike, results_dir: Optional[PathLike] = None, *, device="cpu") -> nn.Module:
     """The trained model of a run, in eval mode on ``device``, taking inputs in [0, 1].
 
@@ -82,6 +95,9 @@ def load_model(run: PathLike, results_dir: Optional[PathLike] = None, *, device=
         CheckpointError: the checkpoint fails its SHA-256 check, or is not a
             training checkpoint of this harness.
 
+    The model raises TypeError when called on integer images (uint8 0..255):
+    convert them with ``robustbench_convnorm.data.to_float``.
+
     Example (torchattacks on a trained model)::
 
         import torchattacks
@@ -97,4 +113,5 @@ def load_model(run: PathLike, results_dir: Optional[PathLike] = None, *, device=
         raise CheckpointError(f"{path} is not a training checkpoint of this harness (it has no {err}); "
                               f"give a checkpoint.pt written by a run") from None
     model.run_config = run_config
+    model.register_forward_pre_hook(refuse_integer_images)
     return model.eval()

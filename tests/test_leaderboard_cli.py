@@ -1,6 +1,7 @@
 """The leaderboard command: bad output folders and misspelt names get one message
 and exit 2 (issue 12, item 8), --format picks the outputs, --export robustbench
-writes RobustBench model-info entries (issue 16, item 5)."""
+writes RobustBench model-info entries (issue 16, item 5; issue 19, item 6: RobustBench's
+fields only, the project's apart)."""
 import json
 import subprocess
 import sys
@@ -77,40 +78,40 @@ def test_format_picks_outputs_and_a_typo_suggests_the_name(results, tmp_path, ca
 
 def test_export_robustbench_model_info(results, tmp_path):
     written = build_leaderboard(results, tmp_path / "lb", formats=[], export=["robustbench"], plots=False)
-    folder = written["export_robustbench"] / "cifar10" / "Linf"
-    entries = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
-    assert len(entries) == 2
-    sn = next(e for e in entries.values() if e["normalizer"] == "sn")
-    oni = next(e for e in entries.values() if e["normalizer"] == "oni")
-    # RobustBench's ModelInfo fields, numbers as numbers
-    for key in ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-                "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote"):
-        assert key in sn, key
+    root = written["export_robustbench"]
+    (path,) = (root / "model_info" / "cifar10" / "Linf").glob("*.json")
+    sn = json.loads(path.read_text())
+    # RobustBench's ModelInfo fields only, written as its files write them (strings, eps 8/255)
+    assert set(sn) <= {"link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                       "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote"}
     assert sn["dataset"] == "cifar10" and sn["architecture"] == "resnet18" and sn["name"] == "sn+BN"
-    assert sn["eps"] == pytest.approx(EPS, abs=1e-4) and isinstance(sn["eps"], float)
-    assert sn["clean_acc"] == pytest.approx(82.5) and sn["autoattack_acc"] == pytest.approx(41.5)
-    assert sn["autoattack_version"] == "standard" and sn["threat_model"] == "Linf"
-    assert sn["data_note"] == "CIFAR-10 from the JPEG copy, not the official data"
-    assert sn["seeds"] == [0, 1] and sn["accuracies"]["pgd20_acc"]["std"] == pytest.approx(0.7071, abs=1e-4)
-    lo, hi = sn["accuracies"]["autoattack_acc"]["ci95"]
-    assert lo < 41.5 < hi and sn["accuracies"]["autoattack_acc"]["interval"] == "t over seeds"
-    assert sn["accuracies"]["pgd20_acc"]["interval"] == "t over seeds"
-    # no AutoAttack for oni: RobustBench's field stays empty and the entry says what stands in for it
-    assert oni["autoattack_acc"] is None and oni["autoattack_version"] is None
-    assert oni["robust_metric"] == "pgd20_acc" and oni["robust_acc"] == pytest.approx(41.0)
-    assert "AutoAttack was not run" in oni["footnote"]
+    assert sn["eps"] == "8/255" and sn["clean_acc"] == "82.50" and sn["autoattack_acc"] == "41.50"
+    assert "JPEG copy" in sn["footnote"]
+    # the project's fields, apart
+    extra = json.loads((root / "convnorm_extra" / "cifar10" / "Linf" / path.name).read_text())
+    assert extra["autoattack_version"] == "standard" and extra["threat_model"] == "Linf"
+    assert extra["eps"] == pytest.approx(EPS, abs=1e-4) and isinstance(extra["eps"], float)
+    assert extra["data_note"] == "CIFAR-10 from the JPEG copy, not the official data"
+    assert extra["seeds"] == [0, 1] and extra["accuracies"]["pgd20_acc"]["std"] == pytest.approx(0.7071, abs=1e-4)
+    lo, hi = extra["accuracies"]["autoattack_acc"]["ci95"]
+    assert lo < 41.5 < hi and extra["accuracies"]["autoattack_acc"]["interval"] == "t over seeds"
+    assert extra["accuracies"]["pgd20_acc"]["interval"] == "t over seeds"
+    # no AutoAttack for oni: not exported as if it had it, and the reason is written down
+    (oni,) = json.loads((root / "not_exported.json").read_text())
+    assert oni["label"] == "oni+BN" and "AutoAttack did not run" in oni["reason"]
 
 
 def test_export_names_the_interval_each_accuracy_has(tmp_path):
     """Two seeds, one of which ran PGD-50 too: PGD-50's interval is Wilson's over
     its one run, not the t interval over seeds that the entry's two seeds suggest."""
     res = tmp_path / "results"
-    write(res, make_record(normalizer="sn", seed=0, seeds=[0, 1]))
+    aa = {"kind": "whitebox", "type": "autoattack", "eps": EPS, "norm": "Linf", "version": "standard", "acc": 40.0}
+    write(res, make_record(normalizer="sn", seed=0, seeds=[0, 1], extra_evals={"autoattack": aa}))
     write(res, make_record(normalizer="sn", seed=1, seeds=[0, 1], pgd20=45.0, extra_evals={
-        "pgd50": {"kind": "whitebox", "eps": EPS, "step": 2 / 255, "steps": 50, "restarts": 1, "n": 1000,
-                  "acc": 43.0}}))
+        "autoattack": aa, "pgd50": {"kind": "whitebox", "eps": EPS, "step": 2 / 255, "steps": 50, "restarts": 1,
+                                    "n": 1000, "acc": 43.0}}))
     written = build_leaderboard(res, tmp_path / "lb", formats=[], export=["robustbench"], plots=False)
-    (entry,) = [json.loads(p.read_text()) for p in written["export_robustbench"].rglob("*.json")]
+    (entry,) = [json.loads(p.read_text()) for p in (written["export_robustbench"] / "convnorm_extra").rglob("*.json")]
     assert entry["seeds"] == [0, 1]
     assert entry["accuracies"]["pgd20_acc"]["interval"] == "t over seeds"
     pgd50 = entry["accuracies"]["pgd50_acc"]

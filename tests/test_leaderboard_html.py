@@ -109,3 +109,46 @@ def test_page_in_a_real_browser(chromium, page_file):
     assert ImageStat.Stat(shot).stddev[0] > 20                        # not one flat colour
     dark = sum(shot.histogram()[:128]) / (shot.size[0] * shot.size[1])
     assert dark > 0.01                                                # text and lines drawn
+
+
+@pytest.fixture(scope="module")
+def wide_page(tmp_path_factory):
+    """Hand-made records with many metric columns and sanity points (issue 20, item 5)."""
+    from test_export_layout import _records
+
+    base = tmp_path_factory.mktemp("wide")
+    _records(base / "results")
+    return build_leaderboard(base / "results", base / "lb", formats=["html"], plots=False)["html"]
+
+
+def test_the_model_column_stays_in_view_and_sanity_points_stand_apart(chromium, wide_page, tmp_path):
+    """Issue 20, item 5: in a box narrower than the ranked table, scrolling it sideways
+    leaves rank and model where they were while the metrics move under them."""
+    from PIL import Image
+
+    cell = "document.querySelector('table.ranked tbody tr').cells[{}].getBoundingClientRect().{}"
+    with Chromium(chromium) as browser:
+        page = browser.open(wide_page.as_uri(), width=900, height=900)
+        page.evaluate("document.querySelector('table.ranked').scrollIntoView()")
+        wrap = "document.querySelector('table.ranked').parentElement"
+        assert page.evaluate(f"{wrap}.scrollWidth > {wrap}.clientWidth + 200")     # it does scroll
+        before = [page.evaluate(cell.format(i, "left")) for i in (0, 1, 8)]
+        page.evaluate(f"{wrap}.scrollLeft = 300")
+        after = [page.evaluate(cell.format(i, "left")) for i in (0, 1, 8)]
+        assert abs(after[0] - before[0]) < 1 and abs(after[1] - before[1]) < 1       # rank and model stay
+        assert before[2] - after[2] > 250                                             # a metric moved
+        assert page.evaluate(cell.format(1, "left")) >= page.evaluate(cell.format(0, "right")) - 1
+        # the metric scrolled under the model cell is hidden by it, not drawn over it
+        x, y = page.evaluate(cell.format(1, "left")) + 5, page.evaluate(cell.format(1, "top")) + 5
+        assert page.evaluate(f"document.elementFromPoint({x}, {y}).closest('td').classList.contains('pin-model')")
+        heads = page.evaluate("Array.from(document.querySelectorAll('table.sanity th')).map(h => h.textContent)")
+        assert heads[0] == "model" and "PGD-10 eps0p5" in heads and "SimBA bounded success %" in heads
+        ranked = page.evaluate("Array.from(document.querySelectorAll('table.ranked th')).map(h => h.textContent)")
+        assert "PGD-10 eps0p5" not in ranked
+        assert page.evaluate("document.querySelector('table.ranked').getBoundingClientRect().width") < 2405
+        shot = tmp_path / "wide.png"
+        shot.write_bytes(page.screenshot())
+        assert page.errors() == []
+    assert Image.open(shot).size == (900, 900)
+    if os.environ.get("LEADERBOARD_SCREENSHOT"):   # to look at it: LEADERBOARD_SCREENSHOT=path pytest ...
+        shutil.copy(shot, os.environ["LEADERBOARD_SCREENSHOT"])

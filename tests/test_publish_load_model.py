@@ -114,3 +114,24 @@ def test_each_wrong_input_says_what_it_is_and_what_to_give(trained, tmp_path):
         f.write(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="does not match the SHA-256"):
         robustbench_convnorm.load_model(damaged)
+
+
+def test_integer_images_are_refused_and_the_readme_way_gives_the_recorded_accuracy(trained):
+    """Issue 19, item 7: the harness's own uint8 test images fed as they are gave a silently
+    wrong accuracy; they are refused, and the README's conversion gives the recorded number."""
+    from robustbench_convnorm.data import load_full, to_float
+
+    out, run_dir = trained
+    model = robustbench_convnorm.load_model(run_dir)
+    data = load_full(config_from_dict(model.run_config).data)        # as the README shows
+    assert data.test_x.dtype == torch.uint8
+    with pytest.raises(TypeError, match=r"float images in \[0, 1\], got a torch.uint8 tensor.*to_float"):
+        model(data.test_x[:4])
+    with pytest.raises(TypeError, match="torch.int64"):
+        model(data.test_x[:4].long())
+    record = json.loads((run_dir / "record.json").read_text())
+    table = pd.read_csv(run_dir / "per_example.csv")
+    index = torch.tensor(table["index"].to_numpy())
+    with torch.no_grad():
+        pred = model(to_float(data.test_x[index])).argmax(1)
+    assert 100.0 * (pred == data.test_y[index]).float().mean().item() == pytest.approx(record["metrics"]["clean_acc"])

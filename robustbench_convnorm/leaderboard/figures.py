@@ -66,12 +66,38 @@ def legend_outside(ax) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
 
 
+def caption_text(fig):
+    """The figure's caption (the Text `figure` adds), or None."""
+    return next((t for t in fig.texts if t.get_gid() == "caption"), None)
+
+
+def place_caption(fig, renderer=None, gap_px: float = 6.0) -> None:
+    """Put the caption just under everything the axes drew (rotated tick labels, axis labels), so it
+    never runs over them."""
+    cap = caption_text(fig)
+    if cap is None or not fig.axes:
+        return
+    renderer = renderer or fig.canvas.get_renderer()
+    bottom = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes)      # display pixels
+    cap.set_y(min(cap.get_position()[1], (bottom - gap_px) / fig.bbox.height))
+    cap.set_va("top")
+
+
 def save(fig, out_dir: Path, stem: str) -> Dict[str, Path]:
-    """PNG (for the page) and PDF (for a paper), both atomically, cropped to what was drawn.
-    The crop is measured once: bbox_inches="tight" would draw the figure again for each file."""
-    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
-    png = atomic.save_figure(fig, out_dir / f"{stem}.png", dpi=PNG_DPI, bbox_inches=box)
-    pdf = atomic.save_figure(fig, out_dir / f"{stem}.pdf", bbox_inches=box)
+    """PNG (for the page, with title and caption) and PDF (for a paper, whose own caption says what the
+    figure shows: no title, no caption drawn in), both atomically, each cropped to what it draws."""
+    renderer = fig.canvas.get_renderer()
+    place_caption(fig, renderer)
+    png = atomic.save_figure(fig, out_dir / f"{stem}.png", dpi=PNG_DPI,
+                             bbox_inches=fig.get_tightbbox(renderer).padded(0.1))
+    words = [t for t in (caption_text(fig), fig._suptitle) if t is not None and t.get_visible()]
+    for t in words:
+        t.set_visible(False)
+    try:
+        pdf = atomic.save_figure(fig, out_dir / f"{stem}.pdf", bbox_inches=fig.get_tightbbox(renderer).padded(0.1))
+    finally:
+        for t in words:
+            t.set_visible(True)
     return {"png": png, "pdf": pdf}
 
 

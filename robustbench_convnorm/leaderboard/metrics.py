@@ -24,7 +24,8 @@ TAIL = ["train_seconds", "train_seconds_per_epoch", "train_images_per_second", "
 _FIXED_TITLES = {
     "clean_acc": "clean", "worst_case_acc": "worst case", "worst_case_whitebox_acc": "worst case (white-box)",
     "train_seconds_per_epoch": "s/epoch", "params": "params", "train_seconds": "train s",
-    "train_images_per_second": "train img/s", "peak_memory_mb": "peak MiB", "eval_seconds": "eval s", "lip_product_log10": "log10 Lip bound",
+    "train_images_per_second": "train img/s", "peak_memory_mb": "peak MiB", "eval_seconds": "eval s",
+    "lip_product_log10": "log10 conv-norm product",
     "mean_layer_spectral_norm": "mean layer σ",
 }
 

@@ -21,6 +21,7 @@ from .pareto import STEM as STEM_PARETO
 from .pareto import plot_pareto
 from .ranking import strongest_whitebox
 from .records import num
+from .sanity import SANITY_EPS
 from .settings import data_phrase, describe
 
 PLOTS = {  # key -> file stem (PNG and PDF)
@@ -135,6 +136,10 @@ def plot_sweep(lb: Leaderboard, out: Path, vary: str) -> Optional[Dict[str, Path
     fams = "; ".join(_family_text(f, vary) for f in families)
     title = f"Accuracy vs {'eps' if vary == 'eps' else 'attack steps'} ({fams})"
     caption = f"{data_phrase(lb.settings)}; {INTERVALS}."
+    apart = vary == "eps" and any(x >= SANITY_EPS for xs in lines.values() for x in xs)
+    if apart:
+        caption += (f" Hollow markers, not joined to the lines: sanity points at eps ≥ {SANITY_EPS:g} "
+                    f"(accuracy should be about chance there); the eps between were not measured.")
     fig, (ax,) = figure(title, caption)
     style, many = styles(lb.groups), _many_contexts(lb)
     order = {g.key: i for i, g in enumerate(lb.ranked_groups())}
@@ -150,12 +155,27 @@ def plot_sweep(lb: Leaderboard, out: Path, vary: str) -> Optional[Dict[str, Path
         err = np.array([[m - lo if not math.isnan(lo) else 0.0 for m, lo, _ in pts],
                         [hi - m if not math.isnan(hi) else 0.0 for m, _, hi in pts]])
         extra = f" ({_family_text(fam, vary)})" if len(families) > 1 else ""
-        ax.errorbar(xplot, mean, yerr=np.clip(err, 0, None), capsize=3, label=g.label + extra + _context_suffix(g, many),
-                    **s)
+        err = np.clip(err, 0, None)
+        swept = [j for j, v in enumerate(x) if not (vary == "eps" and v >= SANITY_EPS)]
+        sanity = [j for j in range(len(x)) if j not in swept]
+        label = g.label + extra + _context_suffix(g, many)
+        if swept:  # the line joins measured sweep points only
+            ax.errorbar([xplot[j] for j in swept], [mean[j] for j in swept], yerr=err[:, swept], capsize=3,
+                        label=label, **s)
+        if sanity:
+            ax.errorbar([xplot[j] for j in sanity], [mean[j] for j in sanity], yerr=err[:, sanity], capsize=3,
+                        color=s["color"], marker=s["marker"], linestyle="none", markerfacecolor="white",
+                        label=None if swept else label)
     ax.set_xlabel("eps (L∞, in 1/255)" if vary == "eps" else "attack steps")
     ax.set_ylabel("accuracy (%)")
     legend_outside(ax)
     return save(fig, out, PLOTS["plot_acc_vs_eps" if vary == "eps" else "plot_acc_vs_steps"])
+
+
+def simba_linestyle(model_style: str, bounded: bool) -> str:
+    """A model's style ("-", or "--" with BatchNorm) for its unbounded SimBA curve; its bounded curve
+    gets a style of its own (":" or "-."), so the two never look alike, nor like another model's."""
+    return {"-": ":", "--": "-."}.get(model_style, ":") if bounded else model_style
 
 
 def plot_simba(lb: Leaderboard, out: Path) -> Optional[Dict[str, Path]]:
@@ -180,6 +200,10 @@ def plot_simba(lb: Leaderboard, out: Path) -> Optional[Dict[str, Path]]:
     names = sorted({k[1] for k in curves})
     caption = "; ".join(describe(f"{n}_success_rate", lb.settings, lb.info) for n in names)
     caption += f"; images drawn from {data_phrase(lb.settings)}, correctly classified ones per model; mean over seeds."
+    bounded = {n for n in names if any(isinstance(r.evaluations.get(n), dict)
+                                       and r.evaluations[n].get("linf_bound") is not None for r in lb.runs)}
+    if bounded and bounded != set(names):
+        caption += " Solid or dashed: unbounded; dotted or dash-dotted: bounded to eps (a sanity point)."
     fig, (ax,) = figure("SimBA success rate vs queries", caption)
     style, many = styles(lb.groups), _many_contexts(lb)
     order = {g.key: i for i, g in enumerate(lb.ranked_groups())}
@@ -187,7 +211,7 @@ def plot_simba(lb: Leaderboard, out: Path) -> Optional[Dict[str, Path]]:
         grid = np.unique(np.concatenate([q for q, _ in cs]))
         mean = np.mean([np.interp(grid, q, s) for q, s in cs], axis=0)
         g, s = lb.group(gkey), style[gkey]
-        ax.plot(grid, mean, color=s["color"], linestyle=s["linestyle"],
+        ax.plot(grid, mean, color=s["color"], linestyle=simba_linestyle(s["linestyle"], name in bounded),
                 label=g.label + (f" {name}" if len(names) > 1 else "") + _context_suffix(g, many))
     ax.set_xlabel("queries")
     ax.set_ylabel("success rate (%)")

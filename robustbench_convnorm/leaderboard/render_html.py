@@ -23,6 +23,7 @@ from .model_plots import model_png
 from .plots import PLOTS
 from .render_markdown import how_ranked, tie_test
 from .renderers import register_renderer
+from .sanity import SANITY_CAPTION, split_sanity
 from .settings import data_phrase, describe
 from .stats import wilson_interval
 from .table import metric_columns
@@ -83,10 +84,11 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
     headline = lb.info.headline()
     if lb.rank_metric and lb.rank_metric not in headline:
         headline.append(lb.rank_metric)
-    metrics = metric_columns(sub, [m for m in lb.info.names if m in headline])
+    metrics, sanity = split_sanity(lb, metric_columns(sub, [m for m in lb.info.names if m in headline]))
     varying = [k for k in ("arch", "train_method", "train_eps") if sub[k].nunique(dropna=False) > 1]
-    columns = [{"title": "rank", "key": "rank", "cls": "", "first": "ascending"},
-               {"title": "model", "key": "model", "cls": "text", "first": "ascending"},
+    # rank and model stay in view while the metrics scroll sideways (leaderboard.css)
+    columns = [{"title": "rank", "key": "rank", "cls": "pin-rank", "first": "ascending"},
+               {"title": "model", "key": "model", "cls": "text pin-model", "first": "ascending"},
                {"title": "vs above", "key": "p_vs_above", "cls": "", "first": "ascending"}]
     columns += [{"title": k.replace("_", " "), "key": k, "cls": "text", "first": "ascending"} for k in varying]
     columns += [{"title": "seeds", "key": "seeds", "cls": "", "first": "descending"},
@@ -97,10 +99,10 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
     rows = []
     for _, r in sub.iterrows():
         tied = cells.is_true(r["tied_with_above"])
-        out = [{"text": cells.rank_text(r["rank"], r["tied_with_above"]), "cls": "tied" if tied else "",
+        out = [{"text": cells.rank_text(r["rank"], r["tied_with_above"]), "cls": "pin-rank" + (" tied" if tied else ""),
                 "sort": None if cells.isnan(r["rank"]) else str(int(r["rank"])), "ci": None},
-               {"text": r["model"], "href": f"#model-{_anchor(r['model_id'])}", "cls": "text", "sort": r["model"],
-                "ci": None}]
+               {"text": r["model"], "href": f"#model-{_anchor(r['model_id'])}", "cls": "text pin-model",
+                "sort": r["model"], "ci": None}]
         out.append({"text": cells.fmt_p(r["p_vs_above"]), "title": r["test_vs_above"] or None, "cls": "",
                     "sort": None if cells.isnan(r["p_vs_above"]) else f"{r['p_vs_above']:.6g}", "ci": None})
         out += [{"text": cells.fmt_eps(r[k]) if k == "train_eps" else cells.text(r[k]), "cls": "text",
@@ -113,7 +115,7 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
         out += [_metric_cell(m, r) for m in metrics]
         rows.append({"model_id": r["model_id"], "cells": out})
     paper = []
-    attack_rows = [m for m in lb.info.attack_rows() if m in metrics]
+    attack_rows = [m for m in lb.info.attack_rows() if m in metrics or m in sanity]
     for _, csub in sub.groupby([sub[k].astype(str) for k in ("arch", "train_method", "train_eps")], sort=False):
         body = [[lb.info.title(m)] + [cells.fmt_cell(m, a, b) for a, b in zip(csub[f"{m}_mean"], csub[f"{m}_std"])]
                 for m in attack_rows if csub[f"{m}_mean"].notna().any()]
@@ -121,7 +123,13 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
             paper.append({"caption": f"The paper's layout, {cells.context_text(csub.iloc[0])}: attacks × models, "
                                      f"mean ± std over seeds.", "header": ["attack"] + list(csub["model"]),
                           "rows": body})
-    return {"name": ds, "anchor": _anchor(ds), "columns": columns, "rows": rows, "paper": paper,
+    checks = None
+    if sanity:
+        checks = {"header": ["model"] + [lb.info.title(m) for m in sanity],
+                  "rows": [{"model": r["model"], "href": f"#model-{_anchor(r['model_id'])}",
+                            "cells": [_metric_cell(m, r) for m in sanity]} for _, r in sub.iterrows()],
+                  "caption": SANITY_CAPTION}
+    return {"name": ds, "anchor": _anchor(ds), "columns": columns, "rows": rows, "paper": paper, "sanity": checks,
             "context": "" if varying else cells.context_text(sub.iloc[0])}
 
 
@@ -178,17 +186,25 @@ def table9(lb: Leaderboard) -> Optional[Dict[str, Any]]:
         return None
     try:
         from ..lipschitz import table9 as compute
+        from ..lipschitz.convnorm_table9 import PLACEHOLDER_NOTE
         rows = compute(raw)
     except Exception:  # another package's table; the page goes on without it
         return None
     if not rows:
         return None
+
+    def mean_cell(x) -> str:  # a placeholder (infinite condition number) is never shown as a number
+        if x.get("mean_improvement") is None:
+            return "n/a ¹"
+        return cells.fmt_cell("cond", x["mean_improvement"], x.get("std") if (x.get("runs") or 0) > 1 else None)
+
     body = [[cells.text(x.get("dataset")), cells.text(x.get("arch")), cells.text(x.get("train_method")),
-             cells.fmt_eps(x.get("train_eps")), cells.text(x.get("normalizer")),
-             cells.fmt_cell("cond", x.get("mean_improvement"), x.get("std") if (x.get("runs") or 0) > 1 else None),
-             cells.text(x.get("runs"))] for x in rows]
-    return {"header": ["dataset", "arch", "method", "train eps", "normalizer", "mean improvement", "runs"],
-            "rows": body}
+             cells.fmt_eps(x.get("train_eps")), cells.text(x.get("normalizer")), mean_cell(x),
+             cells.text(x.get("runs")), f"{x['placeholder_runs']} ¹" if x.get("placeholder_runs") else "0"]
+            for x in rows]
+    note = f"¹ {PLACEHOLDER_NOTE}" if any(x.get("placeholder_runs") for x in rows) else None
+    return {"header": ["dataset", "arch", "method", "train eps", "normalizer", "mean improvement", "runs",
+                       "n/a runs"], "rows": body, "note": note}
 
 
 def problems(lb: Leaderboard) -> List[Dict[str, Any]]:

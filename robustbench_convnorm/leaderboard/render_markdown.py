@@ -7,6 +7,7 @@ from . import cells
 from .board import Leaderboard
 from .metrics import lower_is_better
 from .renderers import register_renderer
+from .sanity import SANITY_CAPTION, split_sanity
 from .settings import data_phrase, describe
 from .table import metric_columns
 
@@ -71,7 +72,7 @@ def render(lb: Leaderboard) -> str:
         varying = [k for k in ("arch", "train_method", "train_eps") if sub[k].nunique(dropna=False) > 1]
         if not varying:
             lines += [cells.context_text(sub.iloc[0]), ""]
-        cols = metric_columns(sub, metric_cols)
+        cols, sanity = split_sanity(lb, metric_columns(sub, metric_cols))
         header = ["rank", "model"] + [{"arch": "arch", "train_method": "method", "train_eps": "train eps"}[k]
                                       for k in varying]
         header += ["seeds"] + [lb.info.title(m) for m in cols] + ["status", "flags"]
@@ -85,9 +86,13 @@ def render(lb: Leaderboard) -> str:
             row += [r["status"], str(nflags) if nflags else ""]
             rows.append(row)
         lines += md_table(header, rows) + [""]
+        if sanity:
+            lines += [f"### {ds} · sanity points", "", SANITY_CAPTION, ""]
+            lines += md_table(["model"] + [lb.info.title(m) for m in sanity],
+                              [[r["model"]] + [value_cell(m, r) for m in sanity] for _, r in sub.iterrows()]) + [""]
 
         # The paper's Table 1 layout: attacks as rows, models as columns, per comparable context.
-        attack_rows = [m for m in lb.info.attack_rows() if m in cols]
+        attack_rows = [m for m in lb.info.attack_rows() if m in cols or m in sanity]
         if attack_rows:
             for _, csub in sub.groupby([sub[k].astype(str) for k in ("arch", "train_method", "train_eps")],
                                        sort=False):
