@@ -80,6 +80,10 @@ def model_info(lb: Leaderboard, row, g: Group) -> Dict[str, Any]:
         "rank": None if isnan(row.get("rank")) else int(row["rank"]),
         "accuracies": {}, "flags": [f for f in (row.get("flags") or "").split(";") if f],
         "status": row.get("status"), "run_ids": sorted(r.run_id for r in g.finished),
+        # RobustBench's own `unreliable` field: the evaluation failed a severe sanity check
+        # (robustbench_convnorm/reliability.py); the flags say which
+        "unreliable": bool(row.get("unreliable")),
+        "unreliable_flags": [f for f in (row.get("unreliable_flags") or "").split(";") if f],
         "generated_by": "robustbench_convnorm.leaderboard",
     }
     if aa is None:
