@@ -33,7 +33,8 @@ from ._probes import probe_model  # noqa: F401
 from ._state import StateChangedError, assert_eval_mode, assert_state_unchanged, state_fingerprint  # noqa: F401
 
 __all__ = [
-    "ALPHA", "CHANCE_MARGIN", "EPS_TOL", "LARGE_EPS", "MASKING_MARGIN", "Result", "StateChangedError", "add_counts", "assert_eval_mode",
+    "ALPHA", "APGD_TYPES", "CHANCE_MARGIN", "EPS_TOL", "LARGE_EPS", "MASKING_MARGIN", "Result", "StateChangedError",
+    "add_counts", "assert_eval_mode",
     "at_chance", "assert_state_unchanged", "binomial_tail", "broken_in_threat_model", "comparison_flags",
     "in_threat_model", "infer_threat_model", "masking_flags", "outcome_flags", "paired_excess", "probe_model",
     "raw_correct", "state_fingerprint",
@@ -54,6 +55,9 @@ ALPHA = 0.01
 #: 1 to 4); a larger gap, significant in the paired test, is the mark of a loss
 #: surface that fools PGD's cross-entropy steps (docs/evaluators.md, check 6).
 MASKING_MARGIN = 5.0
+#: evaluator types that PGD is held to in the masking check: AutoAttack (any
+#: version) and its APGD-CE + APGD-T part
+APGD_TYPES = ("autoattack", "apgd_ce_t")
 
 
 # ---------------------------------------------------------------------------
@@ -373,7 +377,7 @@ def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = No
     #    black-box attacks (SimBA) are held to the iterative ones (PGD, AutoAttack)
     for b in black:
         for w in white:
-            if w.eps is None or (b.type != "noise" and w.type not in ("pgd", "autoattack")):
+            if w.eps is None or (b.type != "noise" and w.type not in ("pgd", *APGD_TYPES)):
                 continue
             size = b.per_example.get("linf" if w.norm == "Linf" else "l2")
             if size is None:
@@ -405,7 +409,7 @@ def masking_flags(results: Sequence[Result], alpha: float = ALPHA,
     where APGD's step-size schedule and the DLR loss were not."""
     out: List[Tuple[str, str]] = []
     pgds = [r for r in results if r.type == "pgd"]
-    strong = [r for r in results if r.type == "autoattack"]
+    strong = [r for r in results if r.type in APGD_TYPES]
     for p in pgds:
         for a in strong:
             if not _same_eps(p, a):

@@ -110,6 +110,8 @@ def _evaluator_title(name: str) -> str:
         return "SimBA"
     if low.startswith("simba_"):
         return "SimBA " + name[6:].replace("_", " ")
+    if low == "apgd_ce_t" or low.startswith("apgd_ce_t_"):   # AutoAttack's first two attacks, not AutoAttack
+        return "APGD-CE+T" + name[9:].replace("_", " ")
     if low in ("autoattack", "aa"):
         return "AutoAttack"
     if low.startswith("autoattack_"):
