@@ -53,7 +53,7 @@ ALPHA = 0.01
 #: than PGD at the same eps before the gap is called masking. On sound models
 #: AutoAttack is a few points stronger than PGD-20 (RobustBench's models: about
 #: 1 to 4); a larger gap, significant in the paired test, is the mark of a loss
-#: surface that fools PGD's cross-entropy steps (docs/evaluators.md, check 6).
+#: surface that fools PGD's cross-entropy steps (docs/evaluators.md, check 8).
 MASKING_MARGIN = 5.0
 #: evaluator types that PGD is held to in the masking check: AutoAttack (any
 #: version) and its APGD-CE + APGD-T part
@@ -291,7 +291,7 @@ def _same_eps(a: Result, b: Result) -> bool:
 
 def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = None,
                      class_share: Optional[float] = None, alpha: float = ALPHA) -> List[Tuple[str, str]]:
-    """Flags from comparing evaluators (docs/evaluators.md, checks 0 to 6).
+    """Flags from comparing evaluators (docs/evaluators.md, checks 0 to 5 and 8).
 
     ``class_share`` is the largest class's share (in %) of the evaluated
     examples; ``alpha`` the significance level of the paired comparisons."""
@@ -395,7 +395,7 @@ def comparison_flags(results: Sequence[Result], *, n_classes: Optional[int] = No
             out.append((f"{r.name}:loss_falls",
                         f"{r.name}'s mean loss fell from {curve[0]:.4g} to {curve[-1]:.4g}; check the step size"))
 
-    # 6. PGD no weaker than AutoAttack (or its APGD part) beyond the masking margin
+    # 8. PGD no weaker than AutoAttack (or its APGD part) beyond the masking margin
     out.extend(masking_flags(results, alpha))
     return out
 
