@@ -60,3 +60,18 @@ def test_apgd_ce_t_is_never_exported_or_titled_as_autoattack(tmp_path):
     entry = json.loads(next(written["export_robustbench"].rglob("*.json")).read_text())
     assert entry["autoattack_acc"] is None and entry["autoattack_version"] is None
     assert "AutoAttack was not run" in entry["footnote"]
+
+
+def test_fewer_iterations_or_targets_are_named_and_reach_torchattacks(calls):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10)).eval()
+    x = torch.rand(4, 3, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ev = get_evaluator("apgd_ce_t", iterations=20, targets=3)
+    assert ev.name == "apgd_ce_t_iterations20_targets3"
+    out = ev.run(model, x, y, generator=torch.Generator().manual_seed(0), batch_size=4)
+    (_, ce, _), (_, t, _) = calls
+    assert ce["steps"] == 20 and t["steps"] == 20 and t["n_target_classes"] == 3
+    assert out.info["iterations"] == 20 and out.info["targets"] == 3
+    assert out.info["settings_of"] == "fewer iterations or targets than AutoAttack"
