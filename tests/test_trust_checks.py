@@ -216,3 +216,19 @@ def test_a_model_fooling_pgd_but_not_apgd_is_flagged_by_the_paired_test():
     assert "pgd10>apgd_ce_t" in report.protocol["unreliable_flags"]
     # and the per-example worst case, the ranking column, is AutoAttack's part, not PGD's
     assert m["worst_case_whitebox_acc"] <= m["apgd_ce_t_acc"]
+
+
+def test_the_masking_check_holds_every_pgd_together_not_a_short_one_alone():
+    # measured on the quickstart's vanilla model: PGD-10 50.00%, PGD-20 47.50%, APGD-CE+T 44.72%.
+    # PGD-10 alone is 5.3 points above APGD, PGD-20 2.8: a short PGD is not masking
+    clean = _result("clean", "clean", "clean", [1] * 360)
+    pgd10 = _white("pgd10", "pgd", _first(180, 360))
+    pgd10.settings["steps"] = 10
+    pgd20 = _white("pgd20", "pgd", _first(171, 360))
+    apgd = _white("apgd_ce_t", "apgd_ce_t", _first(161, 360))
+    assert _flags([clean, pgd10, pgd20, apgd]) == []
+    assert "pgd10>apgd_ce_t" in _flags([clean, pgd10, apgd])    # alone, it is held to it
+    # the PGDs together far above APGD: named after the longest PGD
+    far = _white("apgd_ce_t", "apgd_ce_t", _first(140, 360))
+    flags = dict(comparison_flags([clean, pgd10, pgd20, far]))
+    assert list(flags) == ["pgd20>apgd_ce_t"] and "pgd10 + pgd20" in flags["pgd20>apgd_ce_t"]
