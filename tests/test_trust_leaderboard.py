@@ -79,3 +79,43 @@ def test_records_without_the_worst_case_still_rank_by_the_strongest_attack(tmp_p
         write(res, make_record(normalizer=norm, pgd20=pgd20, pgd10=pgd20 + 1, train_eps=EPS))
     md = build_leaderboard(res, formats=["md"], plots=False)["md"].read_text()
     assert "Ranked within each dataset by **PGD-20**" in md
+
+
+def test_an_input_quantizing_model_evaluated_by_the_protocol_is_not_ranked(tmp_path):
+    """From the protocol's own flags to the tables: the quantizing model (whose
+    PGD cannot move) scores far above a sound one and still is not ranked."""
+    import torch
+    from torch import nn
+
+    from attacks import evaluate
+
+    class Linear(nn.Module):
+        def __init__(self, quantize):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.lin, self.quantize = nn.Linear(3 * 4 * 4, 10), quantize
+            with torch.no_grad():
+                self.lin.weight.copy_(torch.randn(self.lin.weight.shape, generator=g))
+
+        def forward(self, x):
+            return self.lin((torch.round(x * 4) / 4 if self.quantize else x).flatten(1))
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(32, 3, 4, 4, generator=g)
+    with torch.no_grad():
+        y = Linear(True)(x).argmax(1)
+    cfg = {"batch_size": 16, "evaluators": [{"type": "clean"}, {"type": "pgd", "eps": 0.05, "step": 0.0125,
+                                                                "steps": 5, "name": "pgd20"}]}
+    res = tmp_path / "r"
+    for name, quantize in (("quantized", True), ("sound", False)):
+        report = evaluate(Linear(quantize), x, y, cfg, device="cpu", log=lambda s: None)
+        m = report.metrics
+        write(res, _record(name, clean=m["clean_acc"], pgd10=m["pgd20_acc"], pgd20=m["pgd20_acc"],
+                           worst_white=m["worst_case_whitebox_acc"], flags=report.flags))
+    written = build_leaderboard(res, formats=["md"], plots=False, export=["robustbench"])
+    df = pd.read_csv(written["csv"]).set_index("normalizer")
+    assert df.loc["quantized", "worst_case_whitebox_acc_mean"] > df.loc["sound", "worst_case_whitebox_acc_mean"]
+    assert df.loc["sound", "rank"] == 1 and pd.isna(df.loc["quantized", "rank"])
+    assert "zero_grad" in df.loc["quantized", "unreliable_flags"].split(";")
+    exported = [json.loads(p.read_text()) for p in written["export_robustbench"].rglob("*.json")]
+    assert {e["name"]: e["unreliable"] for e in exported} == {"quantized+BN": True, "sound+BN": False}
