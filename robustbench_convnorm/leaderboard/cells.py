@@ -105,3 +105,9 @@ def context_text(row) -> str:
 def model_text(model: Any, unreliable: Any = False) -> str:
     """The model's label, with ' (unreliable)' where its evaluation failed a severe sanity check."""
     return f"{model} ({UNRELIABLE})" if is_true(unreliable) else str(model)
+
+
+def model_headers(rows) -> list:
+    """The labels of a frame of models (the paper layout's column heads), unreliable ones marked."""
+    marks = rows["unreliable"] if "unreliable" in rows else [False] * len(rows)
+    return [model_text(m, u) for m, u in zip(rows["model"], marks)]

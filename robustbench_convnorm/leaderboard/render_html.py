@@ -121,8 +121,7 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
                 for m in attack_rows if csub[f"{m}_mean"].notna().any()]
         if body:
             paper.append({"caption": f"The paper's layout, {cells.context_text(csub.iloc[0])}: attacks × models, "
-                                     f"mean ± std over seeds.", "header": ["attack"] + [cells.model_text(m, u) for m, u in zip(
-                              csub["model"], csub.get("unreliable", [False] * len(csub)))],
+                                     f"mean ± std over seeds.", "header": ["attack"] + cells.model_headers(csub),
                           "rows": body})
     return {"name": ds, "anchor": _anchor(ds), "columns": columns, "rows": rows, "paper": paper,
             "context": "" if varying else cells.context_text(sub.iloc[0])}

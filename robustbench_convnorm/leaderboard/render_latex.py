@@ -65,8 +65,7 @@ def render(lb: Leaderboard) -> str:
                 continue
             caption = (f"{tex(ds)}, {tex(ctx)}: mean $\\pm$ sample std over seeds (the mean alone for one seed). "
                        + _settings_sentence(lb))
-            lines += tabular(["Attack"] + [tex(cells.model_text(m, u)) for m, u in
-                                           zip(csub["model"], csub.get("unreliable", [False] * len(csub)))], rows, "l" + "c" * len(csub),
+            lines += tabular(["Attack"] + [tex(m) for m in cells.model_headers(csub)], rows, "l" + "c" * len(csub),
                              caption, f"tab:attacks-{_label(f'{ds}-{ctx}')}")
         lines += ranked_table(lb, ds, sub)
     return "\n".join(lines)

@@ -100,8 +100,7 @@ def render(lb: Leaderboard) -> str:
             for _, csub in sub.groupby([sub[k].astype(str) for k in ("arch", "train_method", "train_eps")],
                                        sort=False):
                 lines += [f"### {ds} · {cells.context_text(csub.iloc[0])}: attacks × models", ""]
-                header = ["attack"] + [cells.model_text(m, u) for m, u in
-                                       zip(csub["model"], csub.get("unreliable", [False] * len(csub)))]
+                header = ["attack"] + cells.model_headers(csub)
                 rows = [[lb.info.title(m)] + [cells.fmt_cell(m, a, b) for a, b in
                                               zip(csub[f"{m}_mean"], csub[f"{m}_std"])]
                         for m in attack_rows if csub[f"{m}_mean"].notna().any()]
