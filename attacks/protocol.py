@@ -53,6 +53,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from robustbench_convnorm.reliability import unreliable_flags
+
 from . import checks
 from ._config import DEFAULT_CONFIG, build_evaluators, evaluator_seed, resolve_config
 from ._progress import Progress
@@ -80,7 +82,7 @@ class EvaluationReport:
     indices: the evaluated test-set indices (sorted);
     flag_notes: {flag: a sentence saying what was measured};
     protocol: the resolved settings (seed, n_examples, batch_size, checks, alpha, threat_model,
-        device, n_classes, world_size)."""
+        device, n_classes, world_size) and ``unreliable_flags`` (the severe flags among ``flags``)."""
 
     metrics: Dict[str, Any]
     flags: List[str]
@@ -318,13 +320,18 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, eval_
             for r in results:
                 add_flags(checks.outcome_flags(r))
 
+        # severe flags (robustbench_convnorm/reliability.py): the leaderboard will not rank this model
+        severe = unreliable_flags(notes)
+        if severe:
+            log(f"[eval] UNRELIABLE: {', '.join(severe)} failed; the leaderboard lists this model apart, unranked")
+
         protocol = {"seed": cfg["seed"], "n_examples": int(n_eval), "n_test": int(n_total),
                     "batch_size": batch_size, "checks": cfg["checks"], "alpha": cfg["alpha"],
                     "threat_model": None if threat is None else {
                         "norm": threat[0], "eps": threat[1], "eps_text": fraction_text(threat[1]),
                         "source": "config" if cfg["threat_model"] else "inferred from the white-box evaluators"},
                     "device": str(device), "n_classes": n_classes, "world_size": team.world,
-                    "selection": "first n_examples of torch.randperm(n_test, seed)"}
+                    "selection": "first n_examples of torch.randperm(n_test, seed)", "unreliable_flags": severe}
         return EvaluationReport(metrics=metrics, flags=list(notes), per_example=_per_example_table(results, worst),
                                 details=details, indices=eval_idx, flag_notes=notes, protocol=protocol,
                                 seconds=seconds_total)

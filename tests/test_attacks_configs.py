@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from attacks.base import as_float
-from attacks.checks import LARGE_EPS
+from attacks.checks import APGD_TYPES, LARGE_EPS
 from attacks.protocol import build_evaluators
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,8 +39,31 @@ def test_shipped_adversarial_configs_exercise_every_affordable_check(name):
     large = [e for e in pgds if e.eps >= LARGE_EPS]
     assert any((b.steps, b.random_start, b.restarts) == (p.steps, p.random_start, p.restarts)
                for b in large for p in at_eps)
+    # PGD is held to AutoAttack (or its APGD-CE + APGD-T part) at the threat model's eps: the masking check
+    assert any(e.type in APGD_TYPES and _close(e.eps, eps) for e in evaluators)
     # the model probes and the comparisons run
     assert cfg["eval"].get("checks", True)
+
+
+AUTOATTACK_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", AUTOATTACK_CONFIGS)
+def test_every_shipped_config_runs_autoattack_named_for_what_it_is(name):
+    """Standard AutoAttack where it fits (the GPU configs), its APGD-CE + APGD-T part
+    under its own name in the CPU-sized ones (issue 19, item 2)."""
+    cfg, evaluators = _load(name)
+    strong = [e for e in evaluators if e.type in APGD_TYPES]
+    assert strong, f"{name}.yaml runs no AutoAttack"
+    cpu_sized = name in ("quickstart", "cifar10_small")
+    for e in strong:
+        if cpu_sized:
+            assert e.type == "apgd_ce_t" and e.name.startswith("apgd_ce_t") and "version" not in e.settings()
+        else:
+            assert e.type == "autoattack" and e.version == "standard" and e.name == "autoattack"
+        # at the threat model's eps (the training eps of adversarially trained runs, else 8/255)
+        train_eps = (cfg.get("train") or {}).get("eps")
+        assert _close(e.eps, as_float(train_eps, "train.eps") if train_eps is not None else 8 / 255)
 
 
 def test_table2_runs_both_simba_scores_on_the_same_settings():

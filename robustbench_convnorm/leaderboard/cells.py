@@ -72,8 +72,15 @@ def is_true(v: Any) -> bool:
         return False
 
 
-def rank_text(rank: Any, tied: Any) -> str:
-    """'3', '3 (tied)' where the model does not differ significantly from the one above, '–' unranked."""
+#: the rank cell of a model whose evaluation failed a severe sanity check (reliability.py)
+UNRELIABLE = "unreliable"
+
+
+def rank_text(rank: Any, tied: Any, unreliable: Any = False) -> str:
+    """'3', '3 (tied)' where the model does not differ significantly from the one above, '–' unranked,
+    'unreliable' where its evaluation failed a severe sanity check."""
+    if is_true(unreliable):
+        return UNRELIABLE
     if isnan(rank):
         return DASH
     return f"{int(rank)} (tied)" if is_true(tied) else str(int(rank))
@@ -95,3 +102,14 @@ def text(v: Any) -> str:
 
 def context_text(row) -> str:
     return f"{text(row['arch'])} · {text(row['train_method'])} · train eps {fmt_eps(row['train_eps'])}"
+
+
+def model_text(model: Any, unreliable: Any = False) -> str:
+    """The model's label, with ' (unreliable)' where its evaluation failed a severe sanity check."""
+    return f"{model} ({UNRELIABLE})" if is_true(unreliable) else str(model)
+
+
+def model_headers(rows) -> list:
+    """The labels of a frame of models (the paper layout's column heads), unreliable ones marked."""
+    marks = rows["unreliable"] if "unreliable" in rows else [False] * len(rows)
+    return [model_text(m, u) for m, u in zip(rows["model"], marks)]

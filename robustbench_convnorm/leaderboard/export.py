@@ -117,6 +117,10 @@ def extra_fields(lb: Leaderboard, row, g: Group) -> Dict[str, Any]:
         "rank": None if isnan(row.get("rank")) else int(row["rank"]),
         "accuracies": {}, "flags": [f for f in (row.get("flags") or "").split(";") if f],
         "status": row.get("status"), "run_ids": sorted(r.run_id for r in g.finished),
+        # the evaluation failed a severe sanity check (robustbench_convnorm/reliability.py); the flags
+        # say which. RobustBench's ModelInfo has no field for it: model_info's footnote says it there
+        "unreliable": bool(row.get("unreliable")),
+        "unreliable_flags": [f for f in (row.get("unreliable_flags") or "").split(";") if f],
         "generated_by": "robustbench_convnorm.leaderboard",
     }
     for m in lb.info.names:  # table.metric_stats: the t interval where the metric has two or more seeds, else Wilson's
@@ -154,6 +158,9 @@ def model_info(lb: Leaderboard, row, g: Group) -> Dict[str, Any]:
     norm = str(ev.get("norm") or "Linf")
     dataset, data_footnote = ROBUSTBENCH_DATASETS[str(g.context["dataset"])]
     notes = [n for n in (data_footnote, row.get("data_note") or None) if n]
+    if row.get("unreliable"):  # RobustBench's files have no such field: its footnote is what its page shows
+        notes.insert(0, f"Unreliable evaluation (failed sanity checks: {row.get('unreliable_flags')}); "
+                        f"the robust accuracy overstates robustness.")
     entry: Dict[str, Any] = {
         "link": "", "name": g.label, "authors": "", "additional_data": False, "number_forward_passes": 1,
         "dataset": dataset, "venue": "N/A", "architecture": str(g.context["arch"]),

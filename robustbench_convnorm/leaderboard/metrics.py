@@ -16,6 +16,9 @@ LOWER_IS_BETTER = {"train_seconds_per_epoch", "params", "lip_product_log10", "me
 # The worst case over attacks: per example, survived every attack (white-box and
 # black-box), and the white-box-only variant.
 WORST_CASE = ("worst_case_whitebox_acc", "worst_case_acc")
+#: the default ranking metric (ranking.choose_rank_metric): per example, survived
+#: every white-box attack inside the threat model's ball
+WORST_CASE_WHITEBOX = "worst_case_whitebox_acc"
 # Names of `*_acc` metrics that are not white-box attacks, when the record does
 # not say so through evaluations[name]["kind"].
 _NOT_WHITEBOX_PREFIXES = ("clean", "worst_case", "simba", "noise", "random", "blackbox", "square")
@@ -111,6 +114,8 @@ def _evaluator_title(name: str) -> str:
         return "SimBA"
     if low.startswith("simba_"):
         return "SimBA " + name[6:].replace("_", " ")
+    if low == "apgd_ce_t" or low.startswith("apgd_ce_t_"):   # AutoAttack's first two attacks, not AutoAttack
+        return "APGD-CE+T" + name[9:].replace("_", " ")
     if low in ("autoattack", "aa"):
         return "AutoAttack"
     if low.startswith("autoattack_"):

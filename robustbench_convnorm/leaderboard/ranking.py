@@ -1,5 +1,12 @@
 """Which metric ranks the models, their order within each dataset, and whether
-each model differs significantly from the one ranked just above it."""
+each model differs significantly from the one ranked just above it.
+
+The default ranking metric is ``worst_case_whitebox_acc``: per example,
+correct on clean and under every white-box attack of the threat model (the
+protocol's worst case, attacks/checks.py); no single attack's mean, which
+PGD alone overstates and which picks among attacks by noise. A model whose
+evaluation raised a severe flag (robustbench_convnorm/reliability.py) is not
+ranked: it comes after the ranked models of its dataset, marked unreliable."""
 from __future__ import annotations
 
 import math
@@ -9,7 +16,7 @@ import pandas as pd
 
 from . import stats
 from .groups import Group, seeds_text
-from .metrics import MetricInfo, correct_column, example_count, is_proportion, lower_is_better
+from .metrics import WORST_CASE_WHITEBOX, MetricInfo, correct_column, example_count, is_proportion, lower_is_better
 
 
 def _main_eps(info: MetricInfo, df: pd.DataFrame) -> Optional[float]:
@@ -51,6 +58,9 @@ def choose_rank_metric(info: MetricInfo, df: pd.DataFrame, rank_by: Optional[str
                 return cand
         raise ValueError(f"--rank-by {rank_by!r}: no such metric in the records; "
                          f"available: {', '.join(info.names) or '(none)'}")
+    if WORST_CASE_WHITEBOX in info.names and df[f"{WORST_CASE_WHITEBOX}_mean"].notna().any():
+        return WORST_CASE_WHITEBOX
+    # records without the per-example worst case (written before it existed)
     m = strongest_whitebox(info, df)
     if m:
         return m
@@ -63,17 +73,23 @@ def choose_rank_metric(info: MetricInfo, df: pd.DataFrame, rank_by: Optional[str
 
 
 def rank_frame(df: pd.DataFrame, metric: Optional[str]) -> pd.DataFrame:
-    """Sort and number the models within each dataset by `metric` (ties: clean accuracy, label)."""
+    """Sort and number the models within each dataset by `metric` (ties: clean accuracy, label).
+    Unreliable models (column ``unreliable``) get no rank and come after the ranked ones."""
     df = df.copy()
     if df.empty:
         df["rank"] = pd.Series(dtype="Int64")
         return df
     sign = 1.0 if metric is None or lower_is_better(metric) else -1.0
     key = df[f"{metric}_mean"] * sign if metric is not None else pd.Series(math.nan, index=df.index)
+    unreliable = df["unreliable"].fillna(False).astype(bool) if "unreliable" in df else \
+        pd.Series(False, index=df.index)
+    key = key.where(~unreliable, math.nan)
     clean = -df["clean_acc_mean"] if "clean_acc_mean" in df else pd.Series(0.0, index=df.index)
-    df["_k1"], df["_k2"] = key, clean.fillna(math.inf)
+    df["_k0"], df["_k1"], df["_k2"] = unreliable.astype(int), key, clean.fillna(math.inf)
     df["_ds"] = df["dataset"].fillna("")
-    df = df.sort_values(["_ds", "_k1", "_k2", "model", "arch", "train_method"], na_position="last",
+    # unreliable models sort among themselves by the metric they would have been ranked by
+    df["_k3"] = (df[f"{metric}_mean"] * sign).where(unreliable, math.nan) if metric is not None else math.nan
+    df = df.sort_values(["_ds", "_k0", "_k1", "_k3", "_k2", "model", "arch", "train_method"], na_position="last",
                         kind="mergesort")
     ranks: List = []
     counter: Dict[str, int] = {}
@@ -84,7 +100,7 @@ def rank_frame(df: pd.DataFrame, metric: Optional[str]) -> pd.DataFrame:
             counter[ds] = counter.get(ds, 0) + 1
             ranks.append(counter[ds])
     df["rank"] = pd.array(ranks, dtype="Int64")
-    return df.drop(columns=["_k1", "_k2", "_ds"]).reset_index(drop=True)
+    return df.drop(columns=["_k0", "_k1", "_k2", "_k3", "_ds"]).reset_index(drop=True)
 
 
 def _paired_counts(upper: Group, lower: Group, metric: str) -> Optional[Tuple[int, int, int, List]]:

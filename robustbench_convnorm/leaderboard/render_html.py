@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from markupsafe import Markup
 
+from ..reliability import unreliable_flags
 from . import cells
 from .board import Leaderboard
 from .groups import Group, value_text
@@ -99,7 +100,9 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
     rows = []
     for _, r in sub.iterrows():
         tied = cells.is_true(r["tied_with_above"])
-        out = [{"text": cells.rank_text(r["rank"], r["tied_with_above"]), "cls": "pin-rank" + (" tied" if tied else ""),
+        unreliable = cells.is_true(r.get("unreliable"))
+        out = [{"text": cells.rank_text(r["rank"], r["tied_with_above"], r.get("unreliable")),
+                "cls": "pin-rank" + (" tied" if tied else (" status-bad" if unreliable else "")),
                 "sort": None if cells.isnan(r["rank"]) else str(int(r["rank"])), "ci": None},
                {"text": r["model"], "href": f"#model-{_anchor(r['model_id'])}", "cls": "text pin-model",
                 "sort": r["model"], "ci": None}]
@@ -121,7 +124,7 @@ def ranked_section(lb: Leaderboard, ds: str, sub) -> Dict[str, Any]:
                 for m in attack_rows if csub[f"{m}_mean"].notna().any()]
         if body:
             paper.append({"caption": f"The paper's layout, {cells.context_text(csub.iloc[0])}: attacks × models, "
-                                     f"mean ± std over seeds.", "header": ["attack"] + list(csub["model"]),
+                                     f"mean ± std over seeds.", "header": ["attack"] + cells.model_headers(csub),
                           "rows": body})
     checks = None
     if sanity:
@@ -213,6 +216,10 @@ def problems(lb: Leaderboard) -> List[Dict[str, Any]]:
         href = f"#model-{_anchor(g.model_id)}"
         out += [{"model": g.label, "href": href, "text": n} for n in g.notes]
         flags = sorted({f for r in g.reps.values() for f in r.flags})
+        severe = unreliable_flags(f for r in g.finished for f in r.flags)
+        if severe:
+            out.append({"model": g.label, "href": href,
+                        "text": "unreliable, not ranked (a severe sanity check failed): " + ", ".join(severe)})
         if flags:
             out.append({"model": g.label, "href": href, "text": "sanity-check flags: " + ", ".join(flags)})
     out += [{"model": str(path), "href": None, "text": f"skipped unreadable record: {reason}"}

@@ -71,7 +71,7 @@ def render(lb: Leaderboard) -> str:
                 continue
             caption = (f"{tex(ds)}, {tex(ctx)}: mean $\\pm$ sample std over seeds (the mean alone for one seed). "
                        + _settings_sentence(lb))
-            lines += tabular(["Attack"] + [tex(m) for m in csub["model"]], rows, "l" + "c" * len(csub),
+            lines += tabular(["Attack"] + [tex(m) for m in cells.model_headers(csub)], rows, "l" + "c" * len(csub),
                              caption, f"tab:attacks-{_label(f'{ds}-{ctx}')}")
         lines += ranked_table(lb, ds, sub)
     return "\n".join(lines)
@@ -89,7 +89,7 @@ def ranked_table(lb: Leaderboard, ds: str, sub) -> List[str]:
     cols = ranked_columns(lb, sub)
     rows = []
     for _, r in sub.iterrows():
-        row = [tex(cells.rank_text(r["rank"], r["tied_with_above"])), tex(r["model"]),
+        row = [tex(cells.rank_text(r["rank"], r["tied_with_above"], r.get("unreliable"))), tex(r["model"]),
                tex(f"{r['n_seeds']}/{r['n_expected']}")]
         for m in cols:
             cell = cells.fmt_cell(m, r[f"{m}_mean"], r[f"{m}_std"])

@@ -30,6 +30,8 @@ def how_ranked(lb: Leaderboard) -> str:
     m = lb.rank_metric
     how = "lower is better" if lower_is_better(m) else "higher is better"
     why = " (the strongest white-box attack)" if lb.ranked_by_default and m in lb.info.whitebox else ""
+    if lb.ranked_by_default and m == "worst_case_whitebox_acc":
+        why = " (per example: correct on clean and under every white-box attack of the threat model)"
     return f"Ranked within each dataset by **{lb.info.title(m)}**{why}, {how}."
 
 
@@ -76,16 +78,22 @@ def render(lb: Leaderboard) -> str:
         header = ["rank", "model"] + [{"arch": "arch", "train_method": "method", "train_eps": "train eps"}[k]
                                       for k in varying]
         header += ["seeds"] + [lb.info.title(m) for m in cols] + ["status", "flags"]
-        rows = []
+        rows, apart = [], []
         for _, r in sub.iterrows():
-            row = [cells.rank_text(r["rank"], r["tied_with_above"]), r["model"]]
+            unreliable = cells.is_true(r.get("unreliable"))
+            row = [cells.rank_text(r["rank"], r["tied_with_above"], unreliable), r["model"]]
             row += [cells.fmt_eps(r[k]) if k == "train_eps" else cells.text(r[k]) for k in varying]
             row.append(f"{r['n_seeds']}/{r['n_expected']}")
             row += [value_cell(m, r) for m in cols]
             nflags = len(r["flags"].split(";")) if r["flags"] else 0
             row += [r["status"], str(nflags) if nflags else ""]
-            rows.append(row)
-        lines += md_table(header, rows) + [""]
+            (apart if unreliable else rows).append(row)
+        if rows:
+            lines += md_table(header, rows) + [""]
+        if apart:   # listed apart: their numbers are not comparable with the ranked ones
+            lines += [f"**Unreliable, not ranked** ({len(apart)}): the evaluation failed a severe sanity "
+                      "check (see \"Unreliable evaluations\" below); its accuracies overstate robustness.", ""]
+            lines += md_table(header, apart) + [""]
         if sanity:
             lines += [f"### {ds} · sanity points", "", SANITY_CAPTION, ""]
             lines += md_table(["model"] + [lb.info.title(m) for m in sanity],
@@ -97,7 +105,7 @@ def render(lb: Leaderboard) -> str:
             for _, csub in sub.groupby([sub[k].astype(str) for k in ("arch", "train_method", "train_eps")],
                                        sort=False):
                 lines += [f"### {ds} · {cells.context_text(csub.iloc[0])}: attacks × models", ""]
-                header = ["attack"] + list(csub["model"])
+                header = ["attack"] + cells.model_headers(csub)
                 rows = [[lb.info.title(m)] + [cells.fmt_cell(m, a, b) for a, b in
                                               zip(csub[f"{m}_mean"], csub[f"{m}_std"])]
                         for m in attack_rows if csub[f"{m}_mean"].notna().any()]
@@ -116,6 +124,16 @@ def notes(lb: Leaderboard) -> List[str]:
             lines.append(f"- **{g.label}** ({where}): " + "; ".join(g.notes))
         for path, reason in lb.skipped:
             lines.append(f"- skipped unreadable record `{path}`: {reason}")
+        lines.append("")
+    unreliable = [r for _, r in lb.df.iterrows() if cells.is_true(r.get("unreliable"))]
+    if unreliable:
+        lines += ["## Unreliable evaluations", "",
+                  "Not ranked: each failed a severe sanity check (docs/evaluators.md, \"Which flags make an "
+                  "evaluation unreliable\").", ""]
+        for r in unreliable:
+            where = f"{cells.text(r['dataset'])} · {cells.context_text(r)}"
+            lines.append(f"- **{r['model']}** ({where}): unreliable because of "
+                         f"{r['unreliable_flags'].replace(';', '; ')}")
         lines.append("")
     flagged = [r for _, r in lb.df.iterrows() if r["flags"]]
     if flagged:

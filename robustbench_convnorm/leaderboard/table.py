@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import pandas as pd
 
+from ..reliability import unreliable_flags
 from . import stats
 from .groups import GROUP_KEYS, Group, seeds_text, sortable, status_text
 from .metrics import MetricInfo, example_count, is_proportion
@@ -91,13 +92,18 @@ def groups_frame(groups: Sequence[Group], info: MetricInfo, alpha: float = stats
             for suffix, v in metric_stats(fin, m, alpha).items():
                 row[f"{m}_{suffix}"] = v
         row["flags"] = ";".join(sorted({f for r in g.reps.values() for f in r.flags}))
+        # a finished seed whose evaluation failed a severe check makes the model's numbers untrustworthy
+        severe = unreliable_flags(f for r in fin for f in r.flags)
+        row["unreliable"], row["unreliable_flags"] = bool(severe), ";".join(severe)
         row["data_note"] = " | ".join(sorted({r.data_note for r in g.runs if r.data_note}))
         row["_gkey"] = g.key  # internal: not written
         rows.append(row)
     columns = (["rank", "tied_with_above", "p_vs_above", "test_vs_above", *KEY_FIELDS, "model", "model_id",
                 "n_seeds", "n_failed", "n_running", "n_expected", "n_records", "seeds", "missing_seeds", "status"]
-               + [f"{m}_{s}" for m in info.names for s in STAT_SUFFIXES] + ["flags", "data_note", "_gkey"])
+               + [f"{m}_{s}" for m in info.names for s in STAT_SUFFIXES]
+               + ["flags", "unreliable", "unreliable_flags", "data_note", "_gkey"])
     df = pd.DataFrame(rows, columns=columns)
+    df["unreliable"] = df["unreliable"].astype(bool)
     for c in ("n_seeds", "n_failed", "n_running", "n_expected", "n_records"):
         df[c] = df[c].astype(int)
     return df
