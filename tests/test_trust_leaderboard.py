@@ -14,7 +14,10 @@ MASKED_FLAGS = ["zero_grad", "nondeterministic", "pgd20>clean", "noise>pgd20", "
 
 
 def _record(normalizer, *, pgd10, pgd20, worst_white, flags=(), **kw):
-    rec = make_record(normalizer=normalizer, pgd10=pgd10, pgd20=pgd20, flags=flags, **kw)
+    # a standard AutoAttack too, so that the model is a RobustBench entry
+    aa = {"autoattack": {"kind": "whitebox", "type": "autoattack", "version": "standard", "eps": EPS,
+                         "acc": worst_white}}
+    rec = make_record(normalizer=normalizer, pgd10=pgd10, pgd20=pgd20, flags=flags, extra_evals=aa, **kw)
     rec["metrics"]["worst_case_whitebox_acc"] = worst_white
     return rec
 
@@ -49,12 +52,17 @@ def test_a_masked_model_is_listed_apart_and_marked_unreliable_everywhere(tmp_pat
     html = written["html"].read_text()
     assert ">unreliable<" in html and "unreliable, not ranked" in html
 
-    entries = {p.stem.split("-")[2]: json.loads(p.read_text())
-               for p in (written["export_robustbench"]).rglob("*.json")}
-    assert entries["quantized"]["unreliable"] is True and entries["quantized"]["rank"] is None
-    assert set(entries["quantized"]["unreliable_flags"]) == set(MASKED_FLAGS) - {"pgd20:loss_falls"}
-    assert entries["sn"]["unreliable"] is False and entries["sn"]["unreliable_flags"] == []
-    assert entries["sn"]["rank"] == 1
+    export = written["export_robustbench"]
+    info = {p.stem.split("-")[2]: json.loads(p.read_text()) for p in (export / "model_info").rglob("*.json")}
+    extra = {p.stem.split("-")[2]: json.loads(p.read_text()) for p in (export / "convnorm_extra").rglob("*.json")}
+    # RobustBench's own files: no field of their own for it, so the footnote its page shows says it
+    assert info["quantized"]["footnote"].startswith("Unreliable evaluation (failed sanity checks: ")
+    assert "zero_grad" in info["quantized"]["footnote"] and "unreliable" not in info["quantized"]
+    assert "Unreliable" not in info["sn"].get("footnote", "")
+    assert extra["quantized"]["unreliable"] is True and extra["quantized"]["rank"] is None
+    assert set(extra["quantized"]["unreliable_flags"]) == set(MASKED_FLAGS) - {"pgd20:loss_falls"}
+    assert extra["sn"]["unreliable"] is False and extra["sn"]["unreliable_flags"] == []
+    assert extra["sn"]["rank"] == 1
 
 
 def test_the_ranking_column_is_the_per_example_whitebox_worst_case(tmp_path):
@@ -117,5 +125,5 @@ def test_an_input_quantizing_model_evaluated_by_the_protocol_is_not_ranked(tmp_p
     assert df.loc["quantized", "worst_case_whitebox_acc_mean"] > df.loc["sound", "worst_case_whitebox_acc_mean"]
     assert df.loc["sound", "rank"] == 1 and pd.isna(df.loc["quantized", "rank"])
     assert "zero_grad" in df.loc["quantized", "unreliable_flags"].split(";")
-    exported = [json.loads(p.read_text()) for p in written["export_robustbench"].rglob("*.json")]
-    assert {e["name"]: e["unreliable"] for e in exported} == {"quantized+BN": True, "sound+BN": False}
+    extra = [json.loads(p.read_text()) for p in (written["export_robustbench"] / "convnorm_extra").rglob("*.json")]
+    assert {e["label"]: e["unreliable"] for e in extra} == {"quantized+BN": True, "sound+BN": False}

@@ -190,7 +190,8 @@ def export_robustbench(lb: Leaderboard, out: Path) -> List[Path]:
         reason = why_not_exported(lb, row, g)
         if reason:
             skipped.append({"model_id": g.model_id, "label": g.label, "dataset": g.context["dataset"],
-                            "reason": reason})
+                            "reason": reason, "unreliable": bool(row.get("unreliable")),
+                            "unreliable_flags": [f for f in (row.get("unreliable_flags") or "").split(";") if f]})
             continue
         entry = model_info(lb, row, g)
         where = Path(_safe(entry["dataset"])) / _safe(str(_evaluation(g, standard_autoattack_metric(lb, g))
