@@ -17,6 +17,7 @@ from .cells import fmt_eps
 from .figures import figure, legend_outside, save, styles
 from .groups import Group
 from .metrics import eval_base, example_count
+from .radius_plot import plot_acc_vs_l2_radius
 from .ranking import strongest_whitebox
 from .records import num
 from .settings import data_phrase, describe
@@ -27,6 +28,7 @@ PLOTS = {  # key -> file stem (PNG and PDF)
     "plot_acc_vs_steps": "acc_vs_steps",
     "plot_simba_curve": "simba_success_vs_queries",
     "plot_layer_norms": "layer_norms",
+    "plot_acc_vs_l2_radius": "acc_vs_l2_radius",   # radius_plot.py
 }
 INTERVALS = "error bars: 95% intervals (Wilson from the test examples for one seed, t over seeds for several)"
 
@@ -252,6 +254,7 @@ def write_plots(lb: Leaderboard, out: Path) -> Dict[str, Path]:
         "plot_acc_vs_steps": plot_sweep(lb, out, "steps"),
         "plot_simba_curve": plot_simba(lb, out),
         "plot_layer_norms": plot_layer_norms(lb, out),
+        "plot_acc_vs_l2_radius": plot_acc_vs_l2_radius(lb, out),
     }
     written: Dict[str, Path] = {}
     for key, paths in made.items():
