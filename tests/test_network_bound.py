@@ -239,3 +239,17 @@ def test_a_residual_sum_adds_the_bounds_of_its_branches_where_that_is_tight():
     bound = network_bound(net, (1, 2, 2))
     assert bound.value == pytest.approx(2.0)
     assert jacobian_norm(net.double(), torch.rand(1, 2, 2, dtype=DT)) == pytest.approx(2.0)
+
+
+class ViewBySize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin(x.view(x.size(0), -1)) + 0 * x.shape[0]
+
+
+def test_shape_queries_are_constants():
+    bound = network_bound(ViewBySize(), (1, 2, 2))
+    assert bound.value is not None, bound.warnings

@@ -157,3 +157,9 @@ def avg_pool_call(args, kwargs) -> float:
                                   "divisor_override"))
     return avg_pool_bound(v["kernel_size"], v.get("stride") or v["kernel_size"], v.get("padding", 0),
                           v.get("count_include_pad", True), v.get("divisor_override")) * _first(args).lip
+
+
+@register_function_rule("size", "dim", "numel", getattr, torch.numel, len)
+def shape_query(args, kwargs) -> float:
+    """Shapes do not change with the input's values: constants (``x.view(x.size(0), -1)``)."""
+    return 0.0
