@@ -46,13 +46,13 @@ SOUND = {"exact circular": "no (circular version)", "padded circular": "yes", "g
          "tn": "no (HOPM: lower estimate of the bound)", "f4": "yes"}
 
 
-def sweeps(quick: bool):
-    sizes = (8, 16) if quick else (8, 16, 32, 48)
-    channels = (4, 16) if quick else (4, 16, 32, 64)
+def sweeps(quick: bool, sizes=None, channels=None, base_channels: int = 16, base_size: int = 16):
+    sizes = sizes or ((8, 16) if quick else (8, 16, 32, 48))
+    channels = channels or ((4, 16) if quick else (4, 16, 32, 64))
     for n in sizes:
-        yield "input size", 16, n
+        yield "input size", base_channels, n
     for c in channels:
-        yield "channels", c, 16
+        yield "channels", c, base_size
 
 
 def _rss_mib() -> float:
@@ -94,6 +94,11 @@ def main(argv=None) -> int:
     p.add_argument("--tn-restarts", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="two sizes per sweep (a smoke run)")
     p.add_argument("--no-memory", action="store_true", help="skip the forked peak-memory runs")
+    p.add_argument("--no-figure", action="store_true", help="write the CSV only")
+    p.add_argument("--sizes", type=int, nargs="+", help="input sizes of the first sweep")
+    p.add_argument("--channels", type=int, nargs="+", help="channel counts of the second sweep")
+    p.add_argument("--base", type=int, nargs=2, default=(16, 16), metavar=("CHANNELS", "SIZE"),
+                   help="the channels of the size sweep and the size of the channel sweep")
     p.add_argument("--out", default=str(DOCS / "bounds_benchmark.csv"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     # what a forked process that computes nothing peaks at: subtracted from every reading
     floor = 0.0 if args.no_memory else peak_memory_mib(lambda: 0.0)
-    for sweep, c, n in sweeps(args.quick):
+    for sweep, c, n in sweeps(args.quick, args.sizes, args.channels, *args.base):
         w = torch.randn(c, c, 3, 3, generator=gen, dtype=torch.float64)
         conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(torch.float64)
         conv.weight.data.copy_(w)
@@ -129,7 +134,8 @@ def main(argv=None) -> int:
             f"{r['method']} {r['precision']:.2e}/{r['median_ms']:.1f}ms" for r in table.rows[-len(METHODS):]),
             flush=True)
     out = table.write(Path(args.out))
-    figure(table.rows, Path(args.out).with_suffix(".png"), f"{device_description(device)}; {command.strip()}")
+    if not args.no_figure:
+        figure(table.rows, Path(args.out).with_suffix(".png"), f"{device_description(device)}; {command.strip()}")
     print(f"\nCSV: {out}\n")
     print(table.markdown(["sweep", "channels", "n", "method", "sound", "precision", "median_ms", "peak_mib"],
                          "Bounds of zero-padded 3x3 convs, N(0,1) kernels"))
