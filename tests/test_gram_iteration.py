@@ -62,6 +62,7 @@ def test_the_report_panel_holds_gram_ratios_times_and_the_sound_layer_bound(norm
             assert 1 - 1e-9 <= row["gram_ratio"] <= 1 + 1e-3
             assert row["f4_ratio"] >= 1 - 1e-9 and row["seconds_gram"] is not None
     assert report["lip_network_log10"] is not None and report["network"]["sound"]
+    assert report["soundness"]["tn_bound"].startswith("estimate")      # the record says what is sound
 
 
 def test_the_bound_benchmark_writes_rows_where_every_sound_method_is_above_the_layer(tmp_path):

@@ -32,6 +32,20 @@ PANEL_METHODS = ("exact", "gram", "tn", "f4", "flat")
 PANEL_KEYS = (("gram_bound",) + tuple(f"{m}_ratio" for m in PANEL_METHODS[1:])
               + tuple(f"seconds_{m}" for m in PANEL_METHODS) + ("layer_bound", "layer_bound_rule"))
 VALUE_KEYS = VALUE_KEYS + PANEL_KEYS
+#: What each number is (written into every report, docs/lipschitz.md explains): only
+#: "sound" values bound the layer or the network from above; TN is HOPM's estimate.
+SOUNDNESS = {
+    "lip_network_log10": "sound: upper bound of the whole network (L2), or None without one",
+    "layer_bound": "sound: upper bound of the layer as computed",
+    "gram_bound": "sound: upper bound of the circular conv of the kernel (of the layer where bounds_of = layer "
+                  "and the layer is circular)",
+    "f4_bound": "sound: upper bound of the kernel's conv, any padding",
+    "flat_bound": "sound: upper bound of the kernel's conv, any padding",
+    "exact_circular": "exact for a circular layer; for a zero-padded one the norm of its circular version",
+    "tn_bound": "estimate: HOPM's lower estimate of the TN upper bound, not a certificate",
+    "spectral_norm": "estimate: power iteration, a lower estimate of the layer's norm",
+    "lip_product_log10": "estimate: product of the conv layers' power-iteration norms only; bounds nothing",
+}
 
 
 def _as_list(v) -> Optional[list]:
@@ -299,6 +313,7 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
         "lip_product_log10": product,
         # the whole network's sound L2 bound (lipschitz.network); None when a piece has no rule
         "lip_network_log10": network.log10,
+        "soundness": dict(SOUNDNESS),
         "network": network.summary(),
         "mean_layer_spectral_norm": (sum(known) / len(known)) if known else None,
         "warnings": warnings,
