@@ -32,7 +32,6 @@ import math
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._util import EvalMode, pair
@@ -159,5 +158,3 @@ def cayley(module: nn.Module, shape) -> float:
         q = module.orthogonal_matrices(h, w, dtype)
     return frequency_matrices_norm(q)
 
-
-_ = F

@@ -21,7 +21,6 @@ the margin between classes i and j then moves by at most
 from __future__ import annotations
 
 import math
-import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -160,9 +159,6 @@ def _compose(gm: torch.fx.GraphModule, result: NetworkBound) -> None:
             return {k: arg_of(v) for k, v in a.items()}
         return a
 
-    def inputs_of(node):
-        return [a for a in node.all_input_nodes]
-
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             lips[node] = 1.0 if node is placeholders[0] else 0.0
@@ -170,7 +166,7 @@ def _compose(gm: torch.fx.GraphModule, result: NetworkBound) -> None:
         if node.op == "get_attr":
             lips[node] = 0.0
             continue
-        ins = inputs_of(node)
+        ins = list(node.all_input_nodes)
         if any(lips[a] is None for a in ins):
             lips[node] = None
             continue
@@ -192,8 +188,7 @@ def _compose(gm: torch.fx.GraphModule, result: NetworkBound) -> None:
                                      "bound": value, "seconds": round(time.perf_counter() - t, 4)})
                 lips[node] = value * lips[src]
             else:
-                rule = FUNCTION_RULES.get(function_rule_key(node.target if node.op == "call_method"
-                                                            else node.target))
+                rule = FUNCTION_RULES.get(function_rule_key(node.target))  # a method's target is its name
                 if rule is None:
                     raise Unbounded(f"no Lipschitz rule for the call {_call_name(node)} (register one with "
                                     f"lipschitz.network.register_function_rule)")
@@ -216,6 +211,3 @@ def _compose(gm: torch.fx.GraphModule, result: NetworkBound) -> None:
             result.features = lips[feat]
             result.final_weight = last.weight.detach().to(torch.float64).clone()
 
-
-# operator.add etc. are registered in function_rules; keep the import visible for readers
-_ = operator
