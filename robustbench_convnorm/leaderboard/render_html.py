@@ -32,6 +32,7 @@ _EVAL_COLUMNS = ("type", "kind", "eps", "norm", "steps", "step", "random_start",
 _PLOT_TITLES = {"plot_robust_vs_clean": "Robust vs clean accuracy", "plot_acc_vs_eps": "Accuracy vs eps",
                 "plot_acc_vs_steps": "Accuracy vs attack steps", "plot_simba_curve": "SimBA success vs queries",
                 "plot_layer_norms": "Layer spectral norms"}
+_PLOT_TITLES["plot_acc_vs_l2_radius"] = "Accuracy vs L2 radius (certified under empirical)"  # radius_plot.py
 
 
 def _anchor(s: Any) -> str:
