@@ -258,3 +258,16 @@ class ViewBySize(nn.Module):
 def test_shape_queries_are_constants():
     bound = network_bound(ViewBySize(), (1, 2, 2))
     assert bound.value is not None, bound.warnings
+
+
+class RaisingBound(nn.Module):
+    def lipschitz_bound(self):
+        raise RuntimeError("boom")
+
+    def forward(self, x):
+        return x
+
+
+def test_a_rule_that_fails_means_no_bound_and_a_warning_not_a_crash():
+    bound = network_bound(nn.Sequential(nn.Flatten(), RaisingBound()), (1, 2, 2))
+    assert bound.value is None and any("boom" in w for w in bound.warnings)

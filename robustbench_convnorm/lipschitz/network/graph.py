@@ -118,8 +118,8 @@ def network_bound(model: nn.Module, input_shape: Sequence[int]) -> NetworkBound:
                 value, how = module_bound(model, shape)
                 result.value = value
                 result.parts.append({"name": "", "type": type(model).__name__, "rule": how, "bound": value})
-            except Unbounded as err:
-                result.warnings.append(f"(model) {type(model).__name__}: {err}")
+            except Exception as err:  # noqa: BLE001 - Unbounded, or a failing rule
+                result.warnings.append(f"(model) {type(model).__name__}: {err}; no network bound, no certificate")
             result.seconds = time.perf_counter() - t0
             return result
         try:
@@ -136,8 +136,9 @@ def network_bound(model: nn.Module, input_shape: Sequence[int]) -> NetworkBound:
         try:
             ShapeProp(gm).propagate(x0)
         except Exception as err:  # noqa: BLE001
+            first = (str(err).splitlines() or [""])[0]
             result.warnings.append(f"(model) {type(model).__name__}: does not run on an input of shape "
-                                   f"{list(x0.shape)} ({type(err).__name__}: {err})")
+                                   f"{list(x0.shape)} ({type(err).__name__}: {first}); no network bound")
             result.seconds = time.perf_counter() - t0
             return result
         _compose(gm, result)
@@ -196,9 +197,10 @@ def _compose(gm: torch.fx.GraphModule, result: NetworkBound) -> None:
                 if not math.isfinite(value) or value < 0:
                     raise Unbounded(f"{_call_name(node)}: rule gave {value!r}")
                 lips[node] = value
-        except Unbounded as err:
+        except Exception as err:  # noqa: BLE001 - Unbounded, or a rule that failed: no bound either way
             where = node.target if node.op == "call_module" else _call_name(node)
-            result.warnings.append(f"{where}: {err}; no network bound, no certificate")
+            why = str(err) if isinstance(err, Unbounded) else f"its rule failed ({type(err).__name__}: {err})"
+            result.warnings.append(f"{where}: {why}; no network bound, no certificate")
             lips[node] = None
     out = next(n for n in gm.graph.nodes if n.op == "output")
     result.value = lips.get(out)
