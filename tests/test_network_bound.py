@@ -26,7 +26,7 @@ def jacobian_norm(model, x):
     return float(singular_values(jac.reshape(jac.shape[0], -1))[0])
 
 
-def measured_lower_bound(model, gen, points=4, ascent=3):
+def measured_lower_bound(model, gen, points=3, ascent=2):
     """max ||J(x)|| over random points and points moved up the margin gradient."""
     best = 0.0
     for _ in range(points):
