@@ -51,7 +51,7 @@ __all__ = [
     "plan_batches", "seeded_global_rng",
 ]
 
-KINDS = ("clean", "whitebox", "blackbox")
+KINDS = ("clean", "whitebox", "blackbox", "certified")  # certified: no attack, a proof (attacks/certified.py)
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 

@@ -56,6 +56,7 @@ from torch import nn
 from robustbench_convnorm.reliability import unreliable_flags
 
 from . import checks
+from ._certified_checks import certified_flags
 from ._config import DEFAULT_CONFIG, build_evaluators, evaluator_seed, resolve_config
 from ._progress import Progress
 from ._selection import pick_correct, to_float, to_labels
@@ -316,6 +317,7 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, eval_
         if cfg["checks"]:
             share = float(100.0 * np.bincount(y_eval.cpu().numpy()).max() / n_eval) if n_eval else None
             add_flags(checks.comparison_flags(results, n_classes=n_classes, class_share=share, alpha=cfg["alpha"]))
+            add_flags(certified_flags(results))   # certificates against the attacks' distances
         else:
             for r in results:
                 add_flags(checks.outcome_flags(r))

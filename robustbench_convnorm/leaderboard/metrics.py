@@ -33,6 +33,13 @@ _FIXED_TITLES = {
 }
 
 
+# The whole network's sound L2 bound (lipschitz/network, issue 21), beside the conv-only product.
+NETWORK_BOUND = "lip_network_log10"
+LOWER_IS_BETTER.add(NETWORK_BOUND)
+TAIL.insert(TAIL.index("lip_product_log10"), NETWORK_BOUND)
+_FIXED_TITLES[NETWORK_BOUND] = "log10 network Lip bound (L2)"
+
+
 def natural(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
@@ -73,6 +80,7 @@ class MetricInfo:
     eval_eps: Dict[str, float]  # white-box column -> its eps, when the records say
     blackbox: List[str] = field(default_factory=list)  # black-box evaluator names (SimBA, ...)
     titles: Dict[str, str] = field(default_factory=dict)  # metric -> column title
+    certified: List[str] = field(default_factory=list)  # `<evaluator>_acc` of certified evaluators (no attack)
 
     def title(self, metric: str) -> str:
         return self.titles.get(metric) or metric_title(metric)
@@ -80,7 +88,7 @@ class MetricInfo:
     def headline(self) -> List[str]:
         """The metrics the text tables show (the CSVs hold every metric)."""
         bb = [f"{n}_{s}" for n in self.blackbox for s in ("success_rate", "avg_queries")]
-        wanted = ["clean_acc", *self.whitebox, *WORST_CASE, *bb, *TAIL]
+        wanted = ["clean_acc", *self.whitebox, *WORST_CASE, *self.certified, *bb, *TAIL]
         return [m for m in wanted if m in self.names]
 
     def attack_rows(self) -> List[str]:
@@ -172,8 +180,10 @@ def discover_metrics(runs: Sequence[Run]) -> MetricInfo:
     present.update(m for m in COST_METRICS if any(not math.isnan(r.value(m)) for r in runs))
     names = [m for m in order if m in present]
     titles = {m: metric_title(m, versions.get(m)) for m in names}
+    certified = [m for m in other_acc if kinds.get(m[: -len("_acc")]) == "certified" and m in present]
     return MetricInfo(names=names, whitebox=whitebox, eval_eps={k: v for k, v in eval_eps.items() if k in whitebox},
-                      blackbox=[n for n in bb_names if any(m.startswith(f"{n}_") for m in names)], titles=titles)
+                      blackbox=[n for n in bb_names if any(m.startswith(f"{n}_") for m in names)], titles=titles,
+                      certified=certified)
 
 
 def evaluation_of(run: Run, metric: str) -> Optional[str]:

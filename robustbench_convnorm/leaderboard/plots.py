@@ -19,6 +19,7 @@ from .groups import Group
 from .metrics import eval_base, example_count
 from .pareto import STEM as STEM_PARETO
 from .pareto import plot_pareto
+from .radius_plot import plot_acc_vs_l2_radius
 from .ranking import strongest_whitebox
 from .records import num
 from .sanity import SANITY_EPS
@@ -31,6 +32,7 @@ PLOTS = {  # key -> file stem (PNG and PDF)
     "plot_simba_curve": "simba_success_vs_queries",
     "plot_layer_norms": "layer_norms",
     "plot_pareto": STEM_PARETO,
+    "plot_acc_vs_l2_radius": "acc_vs_l2_radius",   # radius_plot.py
 }
 INTERVALS = "error bars: 95% intervals (Wilson from the test examples for one seed, t over seeds for several)"
 
@@ -280,6 +282,7 @@ def write_plots(lb: Leaderboard, out: Path) -> Dict[str, Path]:
         "plot_simba_curve": plot_simba(lb, out),
         "plot_layer_norms": plot_layer_norms(lb, out),
         "plot_pareto": plot_pareto(lb, out),
+        "plot_acc_vs_l2_radius": plot_acc_vs_l2_radius(lb, out),
     }
     written: Dict[str, Path] = {}
     for key, paths in made.items():

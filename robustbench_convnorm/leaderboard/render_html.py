@@ -33,7 +33,8 @@ _EVAL_COLUMNS = ("type", "kind", "eps", "norm", "steps", "step", "random_start",
                  "basis", "n_images", "max_iters", "library")
 _PLOT_TITLES = {"plot_robust_vs_clean": "Robust vs clean accuracy", "plot_acc_vs_eps": "Accuracy vs eps",
                 "plot_acc_vs_steps": "Accuracy vs attack steps", "plot_simba_curve": "SimBA success vs queries",
-                "plot_layer_norms": "Layer spectral norms", "plot_pareto": "Robustness against training cost"}
+                "plot_layer_norms": "Layer spectral norms", "plot_pareto": "Robustness against training cost",
+                "plot_acc_vs_l2_radius": "Accuracy vs L2 radius (certified under empirical)"}
 
 
 def _anchor(s: Any) -> str:

@@ -14,6 +14,11 @@ One module per job (docs/lipschitz.md explains each quantity):
 - ``bounds``: one layer's weight-based columns, TN cross-checked against the
   norms measured.
 - ``layers``: which modules are conv layers (tagged or not) and their inputs.
+- ``gram``: Gram iteration, an upper bound of the exact circular norm that
+  converges to it (Delattre et al., ICML 2023).
+- ``network`` (a subpackage, imported on its own as
+  ``robustbench_convnorm.lipschitz.network``): the whole network's sound L2
+  bound from per-module rules, and certified radii.
 - ``report``: ``model_report``; ``formatting``: ``format_report``;
   ``plot``: ``plot_layer_norms``; ``convnorm_table9``: ConvNorm paper, Table 9;
   ``cli``: ``python -m robustbench_convnorm.lipschitz``.
@@ -23,6 +28,7 @@ A new bound or diagnostic is one new module here, its name added below.
 from .bounds import CHECK_RTOL, all_bounds
 from .cli import main
 from .formatting import REPORT_COLUMNS, format_report
+from .gram import GRAM_ITERS, gram_iteration_bound, matrix_gram_bound
 from .layers import InputShapeError, find_conv_layers, is_conv2d_like, layer_shapes
 from .plot import plot_layer_norms
 from .probes import layer_channel_condition, layer_channel_spectrum, layer_spectral_norm, weight_is_operator
@@ -40,6 +46,7 @@ __all__ = [
     "COND_FLOOR", "CircularWitness", "circular_norm_witness", "circular_singular_values", "circular_spectral_norm",
     "dilate_kernel", "reshape_strided_kernel", "weight_channel_condition", "weight_channel_spectrum",
     # HOPM and the kernel bounds
+    "GRAM_ITERS", "gram_iteration_bound", "matrix_gram_bound",
     "HOPMResult", "f4_bound", "f4_matricizations", "flat_bound", "hopm", "hopm_batch", "hopm_search",
     "hopm_start_count", "hopm_starts", "spread_starts", "tensor_spectral_norm", "tn_bound", "tn_scale", "tn_value",
     # layers as operators

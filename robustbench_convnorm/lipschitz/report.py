@@ -12,9 +12,11 @@ from torch import nn
 
 from ._util import EvalMode, device_dtype, finite, pair
 from .bounds import CHECK_RTOL, all_bounds
+from .gram import GRAM_ITERS, gram_iteration_bound
 from .layers import find_conv_layers, trace_layers
 from .probes import layer_channel_condition, layer_spectral_norm, weight_is_operator
-from .spectra import dilate_kernel, divisible, weight_channel_condition
+from .spectra import circular_spectral_norm, dilate_kernel, divisible, weight_channel_condition
+from .tensor_norms import f4_bound, flat_bound
 
 __all__ = ["model_report"]
 
@@ -23,6 +25,27 @@ log = logging.getLogger("robustbench_convnorm.lipschitz")
 #: Every row has these keys (None where not computed).
 VALUE_KEYS = ("spectral_norm", "exact_circular", "tn_bound", "f4_bound", "flat_bound", "bounds_of", "tn_confirmed",
               "tn_check", "channel_cond", "channel_cond_max", "channel_cond_preaffine", "channel_cond_weight")
+#: The bound panel (issue 21): Gram iteration beside the others, each bound's
+#: ratio to the exact circular norm and the seconds each took, and the sound
+#: bound of the layer as computed that the network bound uses (any normalizer).
+PANEL_METHODS = ("exact", "gram", "tn", "f4", "flat")
+PANEL_KEYS = (("gram_bound",) + tuple(f"{m}_ratio" for m in PANEL_METHODS[1:])
+              + tuple(f"seconds_{m}" for m in PANEL_METHODS) + ("layer_bound", "layer_bound_rule"))
+VALUE_KEYS = VALUE_KEYS + PANEL_KEYS
+#: What each number is (written into every report, docs/lipschitz.md explains): only
+#: "sound" values bound the layer or the network from above; TN is HOPM's estimate.
+SOUNDNESS = {
+    "lip_network_log10": "sound: upper bound of the whole network (L2), or None without one",
+    "layer_bound": "sound: upper bound of the layer as computed",
+    "gram_bound": "sound: upper bound of the circular conv of the kernel (of the layer where bounds_of = layer "
+                  "and the layer is circular)",
+    "f4_bound": "sound: upper bound of the kernel's conv, any padding",
+    "flat_bound": "sound: upper bound of the kernel's conv, any padding",
+    "exact_circular": "exact for a circular layer; for a zero-padded one the norm of its circular version",
+    "tn_bound": "estimate: HOPM's lower estimate of the TN upper bound, not a certificate",
+    "spectral_norm": "estimate: power iteration, a lower estimate of the layer's norm",
+    "lip_product_log10": "estimate: product of the conv layers' power-iteration norms only; bounds nothing",
+}
 
 
 def _as_list(v) -> Optional[list]:
@@ -77,12 +100,14 @@ def _weight_columns(name: str, module: nn.Module, weight: Optional[torch.Tensor]
                      f"input beyond a plain or circular conv, so the bounds are those of its weight's conv on the "
                      f"padded input, not of the layer (marked 'weight')")
     kernel = dilate_kernel(weight.detach(), getattr(module, "dilation", 1))
+    t_all = time.perf_counter()
     b = all_bounds(kernel, stride, (H, W) if (opt.exact and of_layer) else None, groups=groups,
                    measured=row["spectral_norm"] if of_layer else None,
                    generator=opt.cpu_gen if kernel.device.type == "cpu" else None,
                    tn_iters=opt.tn_iters, tn_restarts=opt.tn_restarts, tn_rounds=opt.tn_rounds)
     row.update(b)
     row["bounds_of"] = "layer" if of_layer else "weight"
+    _panel(row, kernel, stride, (H, W) if (opt.exact and of_layer) else None, groups, time.perf_counter() - t_all)
     if b["tn_check"] == "below_measured":
         floor = max(v for v in (b["exact_circular"], row["spectral_norm"] if of_layer else None) if v is not None)
         notes.append(f"{name}: the TN estimate {b['tn_bound']:.6g} stays below the measured norm {floor:.6g} after "
@@ -92,6 +117,40 @@ def _weight_columns(name: str, module: nn.Module, weight: Optional[torch.Tensor]
         notes.append(f"{name}: the TN search ended unconfirmed (each round of fresh starts found a larger value); "
                      f"raise tn_rounds")
     return kernel, of_layer
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    value = fn()
+    return value, round(time.perf_counter() - t0, 6)
+
+
+def _panel(row: Dict[str, Any], kernel: torch.Tensor, stride, size, groups: int, all_seconds: float) -> None:
+    """Gram iteration, the ratios to the exact norm and each method's time.
+    Exact, F4 and flat are timed again on their own (cheap); the TN search's
+    time is all_bounds' time less theirs."""
+    exact = row["exact_circular"]
+    t_exact = t_gram = None
+    if exact is not None:
+        _, t_exact = _timed(lambda: circular_spectral_norm(kernel, size, stride, groups))
+        row["gram_bound"], t_gram = _timed(lambda: gram_iteration_bound(kernel, size, stride, groups))
+    _, t_f4 = _timed(lambda: f4_bound(kernel, stride))
+    _, t_flat = _timed(lambda: flat_bound(kernel, stride))
+    row.update({"seconds_exact": t_exact, "seconds_gram": t_gram, "seconds_f4": t_f4, "seconds_flat": t_flat,
+                "seconds_tn": round(max(0.0, all_seconds - (t_exact or 0.0) - t_f4 - t_flat), 6)})
+    if exact:
+        for method in PANEL_METHODS[1:]:
+            value = row.get(f"{method}_bound")
+            row[f"{method}_ratio"] = finite(value / exact) if value is not None else None
+
+
+def _layer_bound(row: Dict[str, Any], module: nn.Module, in_shape) -> None:
+    """The sound bound of the layer as computed (lipschitz.network's rule)."""
+    from .network import Unbounded, module_bound
+    try:
+        row["layer_bound"], row["layer_bound_rule"] = module_bound(module, in_shape)
+    except Unbounded as err:
+        row["layer_bound_rule"] = f"none: {err}"
 
 
 def _layer_row(name: str, module: nn.Module, shapes: Tuple[tuple, tuple], opt: _Options
@@ -132,6 +191,7 @@ def _layer_row(name: str, module: nn.Module, shapes: Tuple[tuple, tuple], opt: _
         notes.append(f"{name} ({type(module).__name__}): only the power-iteration norm; the bounds and condition "
                      f"numbers cover 2-D convolutions")
         return row, notes
+    _layer_bound(row, module, in_shape)
     try:
         kernel, of_layer = _weight_columns(name, module, weight, row, shapes, opt, notes)
         H, W = in_shape[1:]
@@ -189,6 +249,8 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
                          "channel_cond", "channel_cond_max", "channel_cond_preaffine",
                          "channel_cond_weight", "seconds"}, ...],
              "lip_product_log10": float | None,  # sum of log10(spectral_norm); None if any is missing
+             "lip_network_log10": float | None,  # log10 of the sound bound of the whole network (L2)
+             "network": {...},                   # lipschitz.network.NetworkBound.summary()
              "mean_layer_spectral_norm": float | None,
              "warnings": [str, ...]}           # also logged
 
@@ -236,6 +298,10 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
     elif rows:
         product = sum(math.log10(n) for n in norms)
     known = [n for n in norms if n is not None]
+    from .network import network_bound
+    network = network_bound(model, input_shape)
+    for w in network.warnings:  # kept in report["network"]["warnings"]: the layer table's warnings stay its own
+        log.warning("lipschitz: network bound: %s", w)
     for w in warnings:
         log.warning("lipschitz: %s", w)
     return {
@@ -245,6 +311,10 @@ def model_report(model: nn.Module, input_shape: Sequence[int], *, power_iters: i
                      "channel_cond": "mean over output channels"},
         "layers": rows,
         "lip_product_log10": product,
+        # the whole network's sound L2 bound (lipschitz.network); None when a piece has no rule
+        "lip_network_log10": network.log10,
+        "soundness": dict(SOUNDNESS),
+        "network": network.summary(),
         "mean_layer_spectral_norm": (sum(known) / len(known)) if known else None,
         "warnings": warnings,
     }

@@ -41,7 +41,7 @@ def evaluate_into(record: Dict, model, data, cfg: Config, device, log: Callable[
             for warning in lip.get("warnings") or []:
                 log(f"  lipschitz: {warning}")
             plot_layer_norms(lip, Path(run_dir) / "layer_norms.png", title=title)
-            for key in ("lip_product_log10", "mean_layer_spectral_norm"):
+            for key in ("lip_product_log10", "mean_layer_spectral_norm", "lip_network_log10"):
                 if key in lip:
                     record["metrics"][key] = lip[key]
         except Exception as err:  # diagnostics must not sink a trained run
