@@ -21,9 +21,14 @@ __all__ = ["NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity", "model_identi
 
 #: Sections that do not change what is trained: a run keeps its id (and its
 #: checkpoint) when only these change, so it can be re-evaluated.
-NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threads", "launcher")
+NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threads", "launcher",
+                 "reproducible", "logging")
 #: Keys of ``train`` that say when to stop or save, not what is trained.
 NOT_IN_RUN_ID_TRAIN = ("stop_after_epochs", "checkpoint_every")
+#: ``train`` keys added after run ids were published, hashed only away from
+#: their default (the default is what every earlier run did), so that earlier
+#: run ids and checkpoints stay valid.
+HASHED_WHEN_SET_TRAIN = {"select": "last", "ema": None}
 
 
 def run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -35,6 +40,9 @@ def run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:
     if isinstance(train, dict):
         for key in NOT_IN_RUN_ID_TRAIN:
             train.pop(key, None)
+        for key, default in HASHED_WHEN_SET_TRAIN.items():
+            if key in train and train[key] == default:
+                train.pop(key)
     return ident
 
 

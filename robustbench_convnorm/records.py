@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from . import atomic
+from . import atomic, reproducible
 
 RECORD = "record.json"
 SCHEMA = 1
@@ -88,6 +88,9 @@ def environment(device) -> Dict[str, Any]:
                   "deterministic": cudnn.deterministic, "allow_tf32": cudnn.allow_tf32},
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_model": reproducible.cpu_model(),
+        # the CPU kernel paths: mode in effect, pinning variables, ATen capability, oneDNN (reproducible.py)
+        "reproducible": reproducible.describe(),
     }
 
 

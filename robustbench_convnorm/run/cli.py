@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .. import distributed, launch, logs
+from .. import distributed, launch, logs, reproducible
 from ..config import ConfigError, ConfigWarning, RunSpec, expand_grid, load_config
 from ..launch import merge
 from ..launch.worker import done_line
@@ -91,6 +91,7 @@ def _main(argv, prog) -> int:
         with config_warnings():
             cfg = load_config(args.config, args.overrides)
             grid = expand_grid(cfg, source=args.config)
+        _reproducible_mode(cfg)
         if args.only:
             grid = select_only(grid, args.only, args.config)
         opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
@@ -133,6 +134,15 @@ def _main(argv, prog) -> int:
         return _run_specs(args, cfg, grid, specs, shard, ddp.device if ddp else device, ddp)
     finally:
         distributed.teardown()
+
+
+def _reproducible_mode(cfg) -> None:
+    """The config's (or the environment's) reproducible mode, in effect before
+    any work: set, or the command started again with it (reproducible.py)."""
+    try:
+        reproducible.ensure(reproducible.requested(cfg.reproducible))
+    except (ValueError, reproducible.ReproducibleModeError) as err:
+        raise ConfigError(f"reproducible: {err}") from None
 
 
 def _data_check(specs: List[RunSpec], args) -> List[str]:
