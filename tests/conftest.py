@@ -11,6 +11,10 @@ DATA_DIRS = [Path(os.environ["ROBUSTBENCH_DATA"])] if os.environ.get("ROBUSTBENC
 DATA_DIRS.append(ROOT.parent / "shared" / "data")
 
 
+# Console lines without the time of day, so that tests can match whole lines
+# (children inherit it; tests/test_runtime_progress.py turns it on)
+os.environ.setdefault("ROBUSTBENCH_CONVNORM_TIMESTAMPS", "0")
+
 # Tiny test models gain nothing from a second thread, and two OpenMP threads on
 # a busy 2-core machine run 10-100x slower than one.
 torch.set_num_threads(1)

@@ -168,7 +168,8 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
     _log.info(f"{len(specs)} run(s) on {device}{ranks}, {where}writing to {cfg.output_dir}")
     stopped, built = False, True
     started = time.time()
-    progress = GridProgress(len(specs))
+    # each run's planned epochs: the grid's time left follows the epochs trained (none under --eval-only)
+    progress = GridProgress(len(specs), epochs=[0 if args.eval_only else s.config.train.epochs for s in specs])
     try:
         for i, spec in enumerate(specs, 1):
             _log.info(progress.line(i, spec.run_id))

@@ -19,7 +19,7 @@ from .. import atomic, distributed
 from ..checkpoints import check_run_config, restore_rng_states, rng_states, save_checkpoint
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
-from ..progress import track_epoch
+from ..progress import epoch_done, grid_eta_suffix, track_epoch
 from ..speed import make_sgd, uses_bf16
 from .methods import METHODS
 from .schedules import make_scheduler
@@ -208,10 +208,11 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             rows.append(row)
             guard()
             write_log(run_dir, rows)
+            epoch_done(time.perf_counter() - t0)  # the grid's time left (progress.py), validation included
             log("  epoch {epoch}/{total}: loss {loss:.4f}  train acc {acc:.2f}%  lr {lr:.4g}  {sec:.1f}s"
                 .format(epoch=epoch + 1, total=tc.epochs, loss=loss, acc=row["train_acc"], lr=lr, sec=seconds)
                 + (f"  val clean {val_clean:.1f}%" if val_clean is not None else "")
-                + (f"  val pgd {val_pgd:.1f}%" if val_pgd is not None else ""))
+                + (f"  val pgd {val_pgd:.1f}%" if val_pgd is not None else "") + grid_eta_suffix())
             done = epoch + 1
             if done % tc.checkpoint_every == 0 or done == tc.epochs:
                 checkpoint(done, done == tc.epochs)
