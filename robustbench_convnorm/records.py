@@ -124,6 +124,7 @@ def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
         "timings": {},
         "flags": [],
         "lipschitz": None,
+        "training": None,           # train.select / train.ema and the overfitting check (training/overfitting.py)
         "versions": versions(),
         "git_sha": git_sha(),
         "device": device,

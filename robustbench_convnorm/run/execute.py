@@ -152,6 +152,7 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
                              "train_seconds_per_epoch": result.seconds_per_epoch,
                              "epochs_done": result.epochs_done}
         record["checkpoint_notes"] = result.notes
+        record["flags"], record["training"] = list(result.flags), result.training  # overfitting, selection, EMA
         if result.status == "interrupted":  # Ctrl-C: record it, then stop the whole grid
             finish(result.status, result.error)
             raise KeyboardInterrupt
@@ -183,6 +184,8 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
     run_dir = spec.run_dir
     if old:
         record["timings"], record["params"] = dict(old.get("timings") or {}), old.get("params")
+        record["flags"] = [f for f in old.get("flags") or [] if f.startswith("train:")]  # training's own flags
+        record["training"] = old.get("training")
     # per_example.csv is replaced just before record.json; should the record's write then
     # fail, the old file goes back, so the kept record never sits beside another evaluation's outcomes
     per_example_path = run_dir / PER_EXAMPLE
