@@ -162,6 +162,7 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
                                     title=_plot_title(record, spec))
         lock.ensure_held()
         atomic.write_csv(run_dir / PER_EXAMPLE, per_example)
+        _tensorboard(spec, record)
         return finish("finished")
     except KeyboardInterrupt:
         if record["status"] != "interrupted":
@@ -171,6 +172,13 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
         raise
     except Exception as err:  # a failed run is recorded, and the grid goes on
         return finish("failed", failure(err))
+
+
+def _tensorboard(spec: RunSpec, record: Dict) -> None:
+    """logging.tensorboard: the evaluation's numbers as event files (nothing when off)."""
+    from ..tensorboard import log_record
+
+    log_record(spec.config, spec.run_dir, record)
 
 
 def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) -> Dict:
@@ -222,6 +230,7 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         lock.ensure_held()
         replaced["old"] = per_example_path.read_bytes() if per_example_path.exists() else None
         atomic.write_csv(per_example_path, per_example)
+        _tensorboard(spec, record)
         record["status"] = "finished"
         write_json_atomic(record, run_dir / RECORD)
         return record

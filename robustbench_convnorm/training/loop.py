@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from .. import atomic, distributed
+from .. import atomic, distributed, tensorboard
 from ..checkpoints import check_run_config, restore_rng_states, rng_states, save_checkpoint
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
@@ -151,6 +151,7 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         ema.attach(optimizer)
     best = BestValPGD() if tc.select == "best_val_pgd" else None
     evaluated_weights = ema.applied if ema is not None else contextlib.nullcontext
+    board = tensorboard.open_writer(cfg, run_dir)  # logging.tensorboard: per-epoch scalars (None when off)
 
     rows: List[Dict[str, Any]] = []
     start_epoch, train_seconds = 0, 0.0
@@ -191,6 +192,8 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         saved_epoch = epoch
 
     def result(status, done, error=None):
+        if board is not None:
+            board.close()
         flags, details = overfitting_flags(rows, len(subset[1]) if subset is not None else 0)
         training = {"select": tc.select, "ema": tc.ema, "overfitting": details,
                     "selected_epoch": (best.epoch if best is not None else done) if status == "finished" else None,
@@ -235,6 +238,7 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
             rows.append(row)
             guard()
             write_log(run_dir, rows)
+            tensorboard.log_epoch(board, row)
             epoch_done(time.perf_counter() - t0)  # the grid's time left (progress.py), validation included
             log("  epoch {epoch}/{total}: loss {loss:.4f}  train acc {acc:.2f}%  lr {lr:.4g}  {sec:.1f}s"
                 .format(epoch=epoch + 1, total=tc.epochs, loss=loss, acc=row["train_acc"], lr=lr, sec=seconds)
