@@ -35,7 +35,11 @@ Expands the config into a grid of runs; for each: prepare data, build the
 model, train (resuming when a checkpoint exists), evaluate, write the record
 and run.log. A failed run is recorded as failed and the grid goes on; the
 leaderboard is rebuilt from the records at the end (by the last worker, when
-workers share the grid: docs/scaling.md)."""
+workers share the grid: docs/scaling.md).
+
+--reproducible off|avx2|strict (anywhere on the command line) pins the CPU's
+kernel paths as the config's `reproducible:` does (README, "Reproducible CPU
+mode")."""
 _log = logs.get_logger("run")
 
 
