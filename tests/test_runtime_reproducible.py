@@ -60,6 +60,29 @@ def test_a_mode_asked_for_after_torch_loaded_in_library_code_is_an_error_naming_
     assert reproducible.ensure("avx2") == "avx2" and reproducible.in_effect() == "avx2"
 
 
+def test_the_variable_pins_a_child_before_its_torch_loads_and_the_record_says_so(monkeypatch):
+    """A child process started with the mode's variable gets the pins at
+    ``import robustbench_convnorm`` (before its torch), and records.environment
+    names the mode, the variables, torch's capability and the CPU model."""
+    script = ("import os, robustbench_convnorm, torch; "
+              "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], os.environ['ONEDNN_MAX_CPU_ISA'])")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=cli_util.ROOT, capture_output=True, text=True,
+                          env=_clean_env(**{reproducible.ENV: "avx2"}), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["AVX2", "AVX2", "AVX2"]
+    from robustbench_convnorm.records import environment
+
+    for key in PINNED + [reproducible.ENV]:
+        monkeypatch.delenv(key, raising=False)
+    assert environment("cpu")["reproducible"]["mode"] == "off"
+    for key, value in reproducible.pins("avx2").items():
+        monkeypatch.setenv(key, value)
+    env = environment("cpu")
+    assert env["reproducible"]["mode"] == "avx2" and env["reproducible"]["variables"] == reproducible.pins("avx2")
+    assert env["cpu_model"] == reproducible.cpu_model() != ""
+
+
+@pytest.mark.slow
 def test_the_config_key_restarts_the_command_and_reaches_the_workers_and_their_records(tmp_path):
     """torch is loaded before the config is read, so the run command starts
     again with the variables; the local launcher's worker (a child process)
