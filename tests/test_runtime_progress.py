@@ -103,3 +103,24 @@ def test_console_lines_carry_the_time_of_day_unless_turned_off(monkeypatch, caps
         log.info("plain")
     assert capsys.readouterr().out == "plain\n"
     assert logging.getLogger(logs.LOGGER).handlers == []
+
+
+def test_a_runs_epoch_lines_end_with_the_grids_time_left(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from robustbench_convnorm import run
+    from robustbench_convnorm.leaderboard import build
+
+    monkeypatch.setattr(build, "write_plots", lambda lb, out: {})
+    raw = {"data": {"source": "synthetic", "options": {"n_train": 64, "n_test": 16, "size": 8, "num_classes": 4}},
+           "model": {"arch": "convnet", "width": 0.25}, "normalizers": [{"name": "vanilla"}],
+           "train": {"method": "natural", "epochs": 2, "batch_size": 32, "val_examples": 0},
+           "eval": {"batch_size": 16, "lipschitz": False, "checks": False, "evaluators": [{"type": "clean"}]},
+           "device": "cpu", "threads": 1, "speed": {"channels_last": "off"}, "output_dir": str(tmp_path / "out")}
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert run.main([str(cfg)]) == 0
+    out = capsys.readouterr().out
+    # before the run has finished the estimate covers training only ("+"): 1 epoch left after the first
+    assert re.search(r"^  epoch 1/2: loss .*  grid eta \d+s\+$", out, re.M), out
+    assert re.search(r"^  epoch 2/2: loss .*  grid eta 0s\+$", out, re.M), out
