@@ -2,6 +2,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+import robustbench_convnorm  # noqa: F401  (before torch: $ROBUSTBENCH_CONVNORM_REPRODUCIBLE's pins take effect)
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

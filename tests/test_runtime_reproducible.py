@@ -23,6 +23,19 @@ TINY = {
 PINNED = sorted({k for mode in reproducible.MODES.values() for k in mode})
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """take_option and ensure write os.environ themselves: put it back after each test."""
+    keys = PINNED + [reproducible.ENV]
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _clean_env(**extra):
     """A child's environment with no pin of its own (the test machine's shell may have some)."""
     env = cli_util.env(**extra)
