@@ -36,8 +36,12 @@ test-slow: venv
 test-all: venv
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# The README's tables are made in the reproducible CPU mode (README, "Reproducible
+# CPU mode"); REPRODUCIBLE=off runs with the CPU's own kernel paths.
+REPRODUCIBLE ?= avx2
+
 demo: venv
-	$(PY) -m robustbench_convnorm.run configs/quickstart.yaml
+	$(PY) -m robustbench_convnorm.run --reproducible $(REPRODUCIBLE) configs/quickstart.yaml
 
 bench: venv
 	$(PY) -m benchmarks.run

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _progress
+
 SCORES = ("log_odds", "prob")
 
 
@@ -178,6 +180,7 @@ def simba_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: fl
     next_id = 0
 
     while True:
+        _progress.tick(lambda: _progress_words(n_img, next_id, len(ids), cap, k, iterations, queries, q))
         # admit new images into the free slots (one uncounted query each)
         free = batch_size - len(ids)
         if free > 0 and next_id < n_img:
@@ -245,3 +248,14 @@ def simba_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: fl
 
     return SimBAResult(x_adv=x_adv, success=success, queries=queries, iterations=iterations, saturated=saturated,
                        n_coords=space.n, max_iters=cap, score_trace=trace)
+
+
+def _progress_words(n_img, next_id, pooled, cap, k, iterations, queries, q) -> Tuple[float, str]:
+    """(fraction of the work done, words) for a progress line: work counted in
+    image-iterations, at most ``cap`` per image (an image that succeeds early
+    leaves work undone, so the fraction only grows faster than estimated)."""
+    in_pool = int(k.sum())
+    done = int(iterations.sum()) + in_pool
+    left = (n_img - next_id) * cap + pooled * cap - in_pool
+    spent = int(queries.sum()) + int(q.sum())
+    return done / max(done + left, 1), f"{next_id - pooled} of {n_img} images done, {spent:,} queries"

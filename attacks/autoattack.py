@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torchattacks
 
+from . import _progress
 from ._perturb import PerturbationEvaluator, torchattacks_version
 from .base import as_choice, as_float, as_int, fraction_text
 from .registry import register_evaluator
@@ -126,4 +127,13 @@ class AutoAttack(PerturbationEvaluator):
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
         attack = torchattacks.MultiAttack(self.build(model, seed))
         attack.set_device(x.device)
-        return attack(x, y)
+        with _progress.counting_forwards(model, self.forward_budget()):
+            return attack(x, y)
+
+    def forward_budget(self) -> int:
+        """Roughly the most forward passes the components make on a batch (the
+        progress lines' estimate): their iterations or queries, per target."""
+        targets = self.targets() or TARGETS
+        per_part = {"apgd-ce": ITERATIONS, "apgd-t": ITERATIONS * targets, "fab-t": 2 * ITERATIONS * targets,
+                    "square": SQUARE_QUERIES}
+        return sum(per_part.get(part, ITERATIONS) * RESTARTS.get(part, 1) for part in self.components)

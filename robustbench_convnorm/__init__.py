@@ -8,7 +8,10 @@ The evaluators live in the top-level ``attacks/`` folder and are imported as
 cannot shadow them; ``import attacks`` gives the same modules).
 """
 from ._attacks_alias import install as _install_attacks_alias
+from .reproducible import apply_from_environment as _apply_reproducible_mode
 
+# $ROBUSTBENCH_CONVNORM_REPRODUCIBLE's pins must be in the environment before torch loads
+_apply_reproducible_mode()
 _install_attacks_alias()
 
 __all__ = ["load_model"]

@@ -7,6 +7,9 @@ its module, with its own --help:
     leaderboard  build the leaderboard of a results dir   (robustbench_convnorm.leaderboard)
     lipschitz    a saved model's Lipschitz report, Table 9 (robustbench_convnorm.lipschitz)
     publish      records + leaderboard into a folder to commit (robustbench_convnorm.leaderboard.publish)
+
+``--reproducible off|avx2|strict`` (before or after the command) pins the
+CPU's kernel paths for the command and its children (reproducible.py).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import importlib
 import sys
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from . import reproducible
 from .registry import closest
 
 __all__ = ["COMMANDS", "main"]
@@ -32,8 +36,11 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: {PROG} COMMAND [ARGS]   ({PROG} COMMAND --help for its options)", "", "commands:"]
+    lines = [f"usage: {PROG} [--reproducible MODE] COMMAND [ARGS]   ({PROG} COMMAND --help for its options)", "",
+             "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", f"--reproducible {'|'.join(reproducible.MODES)}: pin the CPU's kernel paths (README, "
+                  "'Reproducible CPU mode')"]
     return "\n".join(lines)
 
 
@@ -42,7 +49,13 @@ def command_main(name: str) -> Callable[..., int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the console script itself: a mode asked for late may start it again
+        reproducible.allow_reexec()
+    try:
+        argv = reproducible.take_option(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

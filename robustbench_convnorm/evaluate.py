@@ -130,11 +130,13 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
 
 def _main(args) -> int:
     from .run import DataCache, apply_threads, check_output_dir, config_warnings, resolve_device
+    from .run.cli import _reproducible_mode
     from .run.grid import check_evaluators
 
     try:
         with config_warnings():
             cfg = load_config(args.config, args.overrides)
+        _reproducible_mode(cfg)  # the config's reproducible CPU mode, before any work
         check_evaluators(cfg.eval.evaluators)
         _log.info(f"data: {locate_data(cfg.data)}")
         device = resolve_device(cfg.device)

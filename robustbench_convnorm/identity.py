@@ -21,11 +21,10 @@ __all__ = ["ADDED_KEYS", "NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity",
 
 #: Sections that do not change what is trained: a run keeps its id (and its
 #: checkpoint) when only these change, so it can be re-evaluated.
-NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threads", "launcher")
+NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threads", "launcher",
+                 "reproducible", "logging")
 #: Keys of ``train`` that say when to stop or save, not what is trained.
 NOT_IN_RUN_ID_TRAIN = ("stop_after_epochs", "checkpoint_every")
-
-
 #: Config keys added after run ids were published, each with the default it
 #: had when it was added: while a config holds that value the key is left out of
 #: the identity, so a run that does not use the new option keeps the id (and the
@@ -35,6 +34,8 @@ ADDED_KEYS: Dict[str, Any] = {
     "train.attack_steps": 10,
     "train.trades_beta": 6.0,
     "train.budget": None,
+    "train.select": "last",
+    "train.ema": None,
 }
 
 

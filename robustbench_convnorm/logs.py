@@ -3,8 +3,10 @@
 Everything a run says goes to the ``robustbench_convnorm`` logger (children
 such as ``robustbench_convnorm.run``). Two places show it:
 
-- the console, set up by the command line (:func:`console`): the plain lines
-  the run command has always printed, on stdout (warnings on stderr);
+- the console, set up by the command line (:func:`console`): the lines the
+  run command prints, each after the time of day (``14:03:52 [2/8] ...``), on
+  stdout (warnings on stderr); ``ROBUSTBENCH_CONVNORM_TIMESTAMPS=0`` leaves
+  the time out (the test suite does, to match whole lines);
 - the run's own log, ``<output_dir>/runs/<run_id>/run.log`` (:func:`run_log`),
   for as long as a worker works on that run: its training, evaluation and
   skips, each line with its time. A resumed run, an --eval-only or a --force
@@ -18,17 +20,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from . import atomic
 
-__all__ = ["LOGGER", "RUN_LOG", "console", "run_log", "get_logger", "teller", "describe_worker"]
+__all__ = ["LOGGER", "RUN_LOG", "TIMESTAMPS_ENV", "console", "run_log", "get_logger", "teller", "describe_worker"]
 
 LOGGER = "robustbench_convnorm"
 RUN_LOG = "run.log"
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: "0" leaves the time of day out of the console's lines
+TIMESTAMPS_ENV = "ROBUSTBENCH_CONVNORM_TIMESTAMPS"
+
+
+class _Stamped(logging.Formatter):
+    """``HH:MM:SS message``; a message that starts with blank lines keeps
+    them before the time, so that the time stays at the start of its line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        body = message.lstrip("\n")
+        return message[:len(message) - len(body)] + f"{self.formatTime(record, '%H:%M:%S')} {body}"
+
+
+def _console_formatter() -> logging.Formatter:
+    if os.environ.get(TIMESTAMPS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return logging.Formatter("%(message)s")
+    return _Stamped()
 
 
 def get_logger(name: str = "") -> logging.Logger:
@@ -55,7 +76,7 @@ def console() -> Iterator[None]:
     package's messages do not also reach the root logger's handlers."""
     logger = get_logger()
     handler = _Console()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_console_formatter())
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from . import atomic
+from . import atomic, reproducible
 
 RECORD = "record.json"
 SCHEMA = 1
@@ -88,6 +88,9 @@ def environment(device) -> Dict[str, Any]:
                   "deterministic": cudnn.deterministic, "allow_tf32": cudnn.allow_tf32},
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_model": reproducible.cpu_model(),
+        # the CPU kernel paths: mode in effect, pinning variables, ATen capability, oneDNN (reproducible.py)
+        "reproducible": reproducible.describe(),
     }
 
 
@@ -121,6 +124,7 @@ def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
         "timings": {},
         "flags": [],
         "lipschitz": None,
+        "training": None,           # train.select / train.ema and the overfitting check (training/overfitting.py)
         "versions": versions(),
         "git_sha": git_sha(),
         "device": device,

@@ -2,6 +2,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+import robustbench_convnorm  # noqa: F401  (before torch: $ROBUSTBENCH_CONVNORM_REPRODUCIBLE's pins take effect)
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,6 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIRS = [Path(os.environ["ROBUSTBENCH_DATA"])] if os.environ.get("ROBUSTBENCH_DATA") else []
 DATA_DIRS.append(ROOT.parent / "shared" / "data")
 
+
+# Console lines without the time of day, so that tests can match whole lines
+# (children inherit it; tests/test_runtime_progress.py turns it on)
+os.environ.setdefault("ROBUSTBENCH_CONVNORM_TIMESTAMPS", "0")
 
 # Tiny test models gain nothing from a second thread, and two OpenMP threads on
 # a busy 2-core machine run 10-100x slower than one.

@@ -95,6 +95,12 @@ class TrainConfig:
     val_pgd_steps: int = _opt(10, min=0, doc="PGD steps for the per-epoch validation check (0: off)")
     val_examples: int = _opt(256, min=0, doc="fixed validation subset size checked each epoch (0: off)")
     checkpoint_every: int = _opt(1, min=1, doc="epochs between checkpoints")
+    select: str = _opt("last", choices=["last", "best_val_pgd"],
+                       doc="weights evaluated: the last epoch's, or the epoch's with the best validation PGD "
+                           "accuracy (needs val_examples and val_pgd_steps > 0)")
+    ema: Optional[float] = _opt(None, min=0.0, max=1.0, min_exclusive=True,
+                                doc="exponential moving average of the weights with this decay per optimizer "
+                                    "step (e.g. 0.999), evaluated instead of the raw weights (null: off)")
     stop_after_epochs: Optional[int] = _opt(None, min=0,
                                             doc="stop (resumably) after this many epochs in this process")
 
@@ -132,6 +138,13 @@ class SpeedConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where a run's logs go besides run.log and train_log.csv; not part of the run id."""
+    tensorboard: bool = _opt(False, doc="also write TensorBoard event files to runs/<id>/tensorboard/ (per-epoch "
+                                        "scalars, per-evaluator results); needs the tensorboard package")
+
+
+@dataclass
 class Config:
     data: DataConfig = _opt(factory=DataConfig)
     model: ModelConfig = _opt(factory=ModelConfig)
@@ -148,5 +161,9 @@ class Config:
     name: Optional[str] = _opt(None, doc="experiment name (for humans)")
     threads: Optional[int] = _opt(None, min=1, doc="torch CPU threads, set at each run's start (null: "
                                                    "torch's default); CPU results' last digits depend on it")
+    reproducible: str = _opt("off", choices=["off", "avx2", "strict"],
+                             doc="pin the CPU's kernel paths (ATen, MKL, oneDNN) so that results do not depend on "
+                                 "the CPU model (robustbench_convnorm/reproducible.py); not part of the run id")
+    logging: LoggingConfig = _opt(factory=LoggingConfig)
     launcher: Dict[str, Any] = _opt(factory=dict,
                                     doc="how the grid is launched (SLURM, local workers, DDP; launch/options.py)")

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .. import distributed, launch, logs
+from .. import distributed, launch, logs, reproducible
 from ..config import ConfigError, ConfigWarning, RunSpec, expand_grid, load_config
 from ..launch import merge
 from ..launch.worker import done_line
@@ -35,7 +35,11 @@ Expands the config into a grid of runs; for each: prepare data, build the
 model, train (resuming when a checkpoint exists), evaluate, write the record
 and run.log. A failed run is recorded as failed and the grid goes on; the
 leaderboard is rebuilt from the records at the end (by the last worker, when
-workers share the grid: docs/scaling.md)."""
+workers share the grid: docs/scaling.md).
+
+--reproducible off|avx2|strict (anywhere on the command line) pins the CPU's
+kernel paths as the config's `reproducible:` does (README, "Reproducible CPU
+mode")."""
 _log = logs.get_logger("run")
 
 
@@ -91,6 +95,7 @@ def _main(argv, prog) -> int:
         with config_warnings():
             cfg = load_config(args.config, args.overrides)
             grid = expand_grid(cfg, source=args.config)
+        _reproducible_mode(cfg)
         if args.only:
             grid = select_only(grid, args.only, args.config)
         opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
@@ -135,6 +140,15 @@ def _main(argv, prog) -> int:
         distributed.teardown()
 
 
+def _reproducible_mode(cfg) -> None:
+    """The config's (or the environment's) reproducible mode, in effect before
+    any work: set, or the command started again with it (reproducible.py)."""
+    try:
+        reproducible.ensure(reproducible.requested(cfg.reproducible))
+    except (ValueError, reproducible.ReproducibleModeError) as err:
+        raise ConfigError(f"reproducible: {err}") from None
+
+
 def _data_check(specs: List[RunSpec], args) -> List[str]:
     """Missing data stops the command before any training, with one message
     (ConfigError). SLURM jobs may see other disks than the submitting host:
@@ -158,7 +172,8 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
     _log.info(f"{len(specs)} run(s) on {device}{ranks}, {where}writing to {cfg.output_dir}")
     stopped, built = False, True
     started = time.time()
-    progress = GridProgress(len(specs))
+    # each run's planned epochs: the grid's time left follows the epochs trained (none under --eval-only)
+    progress = GridProgress(len(specs), epochs=[0 if args.eval_only else s.config.train.epochs for s in specs])
     try:
         for i, spec in enumerate(specs, 1):
             _log.info(progress.line(i, spec.run_id))

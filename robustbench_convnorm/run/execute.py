@@ -157,6 +157,7 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
         if result.plan is not None:  # train.budget: what it bought, what was used, how to replay it
             record["budget"] = dict(result.plan.as_dict(), used_seconds=result.train_seconds,
                                     replay=result.plan.replay_sets())
+        record["flags"], record["training"] = list(result.flags), result.training  # overfitting, selection, EMA
         if result.status == "interrupted":  # Ctrl-C: record it, then stop the whole grid
             finish(result.status, result.error)
             raise KeyboardInterrupt
@@ -167,6 +168,7 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
         record["cost"]["eval_seconds"] = cost.eval_seconds(record.get("evaluations") or {})
         lock.ensure_held()
         atomic.write_csv(run_dir / PER_EXAMPLE, per_example)
+        _tensorboard(spec, record)
         return finish("finished")
     except KeyboardInterrupt:
         if record["status"] != "interrupted":
@@ -176,6 +178,13 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
         raise
     except Exception as err:  # a failed run is recorded, and the grid goes on
         return finish("failed", failure(err))
+
+
+def _tensorboard(spec: RunSpec, record: Dict) -> None:
+    """logging.tensorboard: the evaluation's numbers as event files (nothing when off)."""
+    from ..tensorboard import log_record
+
+    log_record(spec.config, spec.run_dir, record)
 
 
 def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) -> Dict:
@@ -190,6 +199,8 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
     if old:
         record["timings"], record["params"] = dict(old.get("timings") or {}), old.get("params")
         record["cost"] = dict(old.get("cost") or {})
+        record["flags"] = [f for f in old.get("flags") or [] if f.startswith("train:")]  # training's own flags
+        record["training"] = old.get("training")
     # per_example.csv is replaced just before record.json; should the record's write then
     # fail, the old file goes back, so the kept record never sits beside another evaluation's outcomes
     per_example_path = run_dir / PER_EXAMPLE
@@ -227,6 +238,7 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         lock.ensure_held()
         replaced["old"] = per_example_path.read_bytes() if per_example_path.exists() else None
         atomic.write_csv(per_example_path, per_example)
+        _tensorboard(spec, record)
         record["status"] = "finished"
         write_json_atomic(record, run_dir / RECORD)
         return record

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from .. import atomic, distributed
+from .. import atomic, distributed, tensorboard
 from ..checkpoints import check_run_config, restore_rng_states, rng_states, save_checkpoint
 from ..config import to_dict
 from ..data import DeviceBatches, to_float
-from ..progress import track_epoch
+from ..progress import epoch_done, grid_eta_suffix, track_epoch
 from ..speed import make_sgd, uses_bf16
 from .budget import Plan, parse_budget, plan_epochs
+from .ema import WeightEMA
 from .methods import METHODS
+from .overfitting import BestValPGD, overfitting_flags
 from .schedules import make_scheduler
 
 CHECKPOINT = "checkpoint.pt"
@@ -45,6 +47,8 @@ class TrainResult:
     checkpoint_epoch: int = 0        # the epoch whose checkpoint is on disk (0: none)
     notes: List[str] = field(default_factory=list)  # checkpoints set aside or fallen back from
     plan: Optional[Plan] = None      # what train.budget bought (None: train.epochs)
+    flags: List[str] = field(default_factory=list)  # train:catastrophic_overfit, train:robust_overfit
+    training: Dict[str, Any] = field(default_factory=dict)  # the record's "training": selection, EMA, overfitting
 
     @property
     def seconds_per_epoch(self) -> Optional[float]:
@@ -178,6 +182,10 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
     method_cls = METHODS.get(tc.method)
     steps_per_epoch = len(batches) * method_cls.optimizer_steps_per_batch(tc)
     subset = validation_subset(data, tc.val_examples, spec.seed, device)
+    # robust overfitting's remedies (training/overfitting.py, training/ema.py): off unless the config asks
+    if tc.select == "best_val_pgd" and (subset is None or not tc.val_pgd_steps):
+        raise ValueError("train.select: best_val_pgd needs the per-epoch validation PGD: set train.val_examples "
+                         "and train.val_pgd_steps above 0, or train.select: last")
 
     rows: List[Dict[str, Any]] = []
     start_epoch, train_seconds = 0, 0.0
@@ -210,6 +218,12 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
     method = method_cls(tc, model, optimizer, scheduler, lambda: normalizer.penalty(model),
                         autocast_for(tc.amp, device), device, forward=forward)
     method.generator.manual_seed(spec.seed)
+    ema = WeightEMA(model, tc.ema) if tc.ema is not None else None
+    if ema is not None:
+        ema.attach(optimizer)
+    best = BestValPGD() if tc.select == "best_val_pgd" else None
+    evaluated_weights = ema.applied if ema is not None else contextlib.nullcontext
+    board = tensorboard.open_writer(cfg, run_dir)  # logging.tensorboard: per-epoch scalars (None when off)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -217,14 +231,21 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         method.load_state_dict(ckpt["method"])
         batches.set_state(ckpt["batches_rng"])
         restore_rng_states(ckpt["rng"], device)
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        if best is not None:
+            best.load_state_dict(ckpt["best"])
         start_epoch, train_seconds, rows = ckpt["epoch"], ckpt["train_seconds"], list(ckpt["log"])
         log(f"  resuming from epoch {start_epoch}/{tc.epochs} ({used})")
     saved_epoch = start_epoch  # whose checkpoint is on disk: what Ctrl-C or a NaN leaves to resume from
 
-    def checkpoint(epoch: int, finished: bool):
+    def checkpoint(epoch: int, finished: bool, last_model=None):
         nonlocal saved_epoch
         save_checkpoint({
             "format": 1, "epoch": epoch, "finished": finished, "model": model.state_dict(),
+            # the remedies' state; a finished checkpoint's model is the evaluated weights, last_model the last epoch's
+            "ema": ema.state_dict() if ema is not None else None,
+            "best": best.state_dict() if best is not None else None, "last_model": last_model,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "batches_rng": batches.state(), "rng": rng_states(device),
             "log": rows, "train_seconds": train_seconds, "run_config": to_dict(cfg), "model_meta": meta,
@@ -233,7 +254,13 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         saved_epoch = epoch
 
     def result(status, done, error=None):
-        return TrainResult(status, done, train_seconds, rows, error, saved_epoch, notes, plan)
+        if board is not None:
+            board.close()
+        flags, details = overfitting_flags(rows, len(subset[1]) if subset is not None else 0)
+        training = {"select": tc.select, "ema": tc.ema, "overfitting": details,
+                    "selected_epoch": (best.epoch if best is not None else done) if status == "finished" else None,
+                    "selected_val_pgd_acc": best.acc if best is not None else None}
+        return TrainResult(status, done, train_seconds, rows, error, saved_epoch, notes, plan, flags, training)
 
     if start_epoch >= tc.epochs:
         if not ckpt_path.exists():
@@ -263,20 +290,26 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
                           f"Lower train.lr or check the normalizer.")
                 return result("failed", epoch, {"epoch": epoch + 1, "reason": reason})
             train_seconds += seconds
-            val_clean, val_pgd, source = validate(model, subset, tc, max(tc.batch_size, 256))
+            with evaluated_weights():  # with train.ema, the averaged weights are the ones validated (and kept)
+                val_clean, val_pgd, source = validate(model, subset, tc, max(tc.batch_size, 256))
+                if best is not None:
+                    best.observe(epoch + 1, val_pgd, model)
             row = {"epoch": epoch + 1, "loss": loss, "train_acc": 100.0 * float(correct) / seen, "lr": lr,
                    "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else None,
                    "val_clean_acc": val_clean, "val_pgd_acc": val_pgd, "val_source": source}
             rows.append(row)
             guard()
             write_log(run_dir, rows)
+            tensorboard.log_epoch(board, row)
+            epoch_done(time.perf_counter() - t0)  # the grid's time left (progress.py), validation included
             log("  epoch {epoch}/{total}: loss {loss:.4f}  train acc {acc:.2f}%  lr {lr:.4g}  {sec:.1f}s"
                 .format(epoch=epoch + 1, total=tc.epochs, loss=loss, acc=row["train_acc"], lr=lr, sec=seconds)
                 + (f"  val clean {val_clean:.1f}%" if val_clean is not None else "")
-                + (f"  val pgd {val_pgd:.1f}%" if val_pgd is not None else ""))
+                + (f"  val pgd {val_pgd:.1f}%" if val_pgd is not None else "") + grid_eta_suffix())
             done = epoch + 1
             if done % tc.checkpoint_every == 0 or done == tc.epochs:
-                checkpoint(done, done == tc.epochs)
+                last_model = _evaluated_weights(model, ema, best, log) if done == tc.epochs else None
+                checkpoint(done, done == tc.epochs, last_model)
                 if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(done) and distributed.is_writer():
                     os.kill(os.getpid(), signal.SIGKILL)
             epochs_this_process += 1
@@ -290,6 +323,23 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
         return result("interrupted", last, {"epoch": epoch + 1, "reason": "interrupted (Ctrl-C)",
                                             "checkpoint_epoch": saved_epoch})
     return result("finished", tc.epochs)
+
+
+def _evaluated_weights(model, ema, best, log) -> Optional[Dict[str, Any]]:
+    """At the end of training: load the weights to evaluate into ``model``
+    (train.select's best epoch, else train.ema's averages) and return the last
+    epoch's own weights (None when they are the evaluated ones)."""
+    if ema is None and best is None:
+        return None
+    last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best is not None and best.state is not None:
+        model.load_state_dict(best.state)
+        log(f"  evaluating the weights of epoch {best.epoch} (best validation PGD {best.acc:.1f}%"
+            f"{', weight averages' if ema is not None else ''}; train.select: best_val_pgd)")
+    elif ema is not None:
+        ema.copy_to_model()
+        log(f"  evaluating the weights' moving average (train.ema: {ema.decay})")
+    return last
 
 
 def _kept(saved_epoch: int) -> str:
