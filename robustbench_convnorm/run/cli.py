@@ -91,9 +91,11 @@ def _main(argv, prog) -> int:
         with config_warnings():
             cfg = load_config(args.config, args.overrides)
             grid = expand_grid(cfg, source=args.config)
+        opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
+        # a data-parallel run is another run than the one-process one: its own id (docs/scaling.md)
+        distributed.tag_run_ids(grid, distributed.planned_world_size(args.launcher, opts.tasks_per_node))
         if args.only:
             grid = select_only(grid, args.only, args.config)
-        opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
         specs, shard = launch.select_runs(grid, args)  # --run-id, --shard, a SLURM array's part, or all
         preflight(specs, args.config)
         device = resolve_device(cfg.device)
@@ -189,13 +191,14 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
 def summarize(records: List[Dict], out=print) -> int:
     """The closing lines: counts, and why each run that did not finish stopped.
     The exit status: 0 all finished (or held by other workers), 1 otherwise."""
-    line, not_finished = done_line({r["run_id"]: r.get("status") for r in records})
+    line, not_finished = done_line({str(r.get("run_id")): r.get("status") for r in records})
     out(line)
-    failed = [r for r in records if r["run_id"] in not_finished]
+    failed = [r for r in records if str(r.get("run_id")) in not_finished]
     for r in failed:
-        reason = ((r.get("error") or {}).get("reason") or "no reason recorded").strip().splitlines()[0]
+        error = r.get("error") if isinstance(r.get("error"), dict) else {}
+        reason = str(error.get("reason") or "no reason recorded").strip().splitlines() or ["no reason recorded"]
         kept = " (its earlier record is kept)" if r.get("record_kept") else ""
-        out(f"  {r.get('status')}: {r['run_id']}: {reason}{kept}")
+        out(f"  {r.get('status')}: {r.get('run_id')}: {reason[0]}{kept}")
     return 1 if failed else 0
 
 
