@@ -16,7 +16,7 @@ from ..checkpoints import CheckpointError
 from ..config import ConfigError, RunSpec, to_dict
 from ..data import DataError, expand_root, load_full, prepare_data
 from ..lock import LOCK_FILE, LockLost, RunLocked, read_lock, worker_identity
-from ..records import LOCKED, RECORD, environment, new_record, read_record, trainable_params, write_json_atomic
+from ..records import LOCKED, RECORD, environment, inspect_record, new_record, trainable_params, write_json_atomic
 from ..registry import RegistryError
 from .evaluation import evaluate_into
 
@@ -121,10 +121,12 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
     from ..training import train_run
 
     run_dir = spec.run_dir
-    old = read_record(run_dir)
+    old, problem = inspect_record(run_dir)
+    if problem:  # never taken for the run's outcome: the run is redone (resumed from its checkpoint)
+        log(f"[warning] {spec.run_id}: {problem}; it does not count as this run's outcome and is replaced")
     if old and old.get("status") == "finished" and not force and not eval_only:
         log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
-        return dict(old, skipped="finished already")
+        return dict(old, run_id=spec.run_id, skipped="finished already")
     apply_threads(spec.config)
     record = new_record(spec, str(device))
     record["worker"] = worker_identity(owner)
