@@ -124,13 +124,23 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
     old, problem = inspect_record(run_dir)
     if problem:  # never taken for the run's outcome: the run is redone (resumed from its checkpoint)
         log(f"[warning] {spec.run_id}: {problem}; it does not count as this run's outcome and is replaced")
-    if old and old.get("status") == "finished" and not force and not eval_only:
-        log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
-        return dict(old, run_id=spec.run_id, skipped="finished already")
+    damaged = None
+    if old and old.get("status") == "finished" and not force:
+        # results backed by a damaged final checkpoint: resume from the previous good one, re-evaluate
+        from ..checkpoints import final_checkpoint_problem
+        from ..training import CHECKPOINT
+
+        damaged = distributed.agree(final_checkpoint_problem(run_dir / CHECKPOINT))
+        if damaged:
+            log(f"[warning] {spec.run_id}: finished, but {damaged}: resuming from the previous good "
+                f"checkpoint to the end, then re-evaluating")
+        elif not eval_only:
+            log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
+            return dict(old, run_id=spec.run_id, skipped="finished already")
     apply_threads(spec.config)
     record = new_record(spec, str(device))
     record["worker"] = worker_identity(owner)
-    if eval_only:
+    if eval_only and not damaged:
         return _evaluate_only(spec, device, data_cache, lock, record, old, log)
     if force and atomic.writes_enabled():  # (DDP: rank 0 alone)
         for path in run_dir.iterdir():
