@@ -27,7 +27,8 @@ PROG = "python -m robustbench_convnorm.run"
 USAGE = """Train and evaluate a grid of runs.
 
     python -m robustbench_convnorm.run CONFIG [--set key.path=value ...]
-        [--dry-run [--json]] [--list [NAME]] [--resume] [--force] [--eval-only] [--only TEXT]
+        [--dry-run [--json]] [--list [NAME]] [--resume] [--force] [--eval-only [--replace-evaluations]]
+        [--only TEXT]
         [--shard I/N | --run-id ID | --launcher slurm|local ...]
     torchrun --nproc_per_node=N -m robustbench_convnorm.run CONFIG   (data-parallel runs)
 
@@ -52,10 +53,16 @@ def parse_args(argv=None, prog: str = PROG):
                         "their options and defaults; NAME narrows it to one kind or one entry")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs (the default; kept explicit)")
     p.add_argument("--force", action="store_true", help="redo finished runs from scratch")
-    p.add_argument("--eval-only", action="store_true", help="evaluate existing checkpoints, no training")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate existing checkpoints, no training; earlier evaluators the config no longer "
+                        "lists are kept (the worst case covers them all)")
+    p.add_argument("--replace-evaluations", action="store_true",
+                   help="with --eval-only: drop the earlier evaluations; the record holds this list alone")
     p.add_argument("--only", metavar="TEXT", help="only runs whose id contains TEXT")
     launch.add_arguments(p)
     args = p.parse_args(argv)
+    if args.replace_evaluations and not args.eval_only:
+        p.error("--replace-evaluations goes with --eval-only (it says what happens to the earlier evaluations)")
     if args.list and args.config is None and _looks_like_config(args.list):
         args.config, args.list = args.list, ""  # `--list configs/x.yaml`: the config, listed after the registries
     return args
@@ -172,7 +179,8 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
                 records.append(failed)
                 continue
             t0 = time.monotonic()
-            outcome = execute_run(spec, device, cache, force=args.force, eval_only=args.eval_only)
+            outcome = execute_run(spec, device, cache, force=args.force, eval_only=args.eval_only,
+                                  replace_evaluations=args.replace_evaluations)
             if outcome.get("status") != LOCKED and not outcome.get("skipped"):
                 progress.ran(time.monotonic() - t0)
             records.append(outcome)

@@ -9,6 +9,7 @@ import shutil
 import traceback
 from typing import Callable, Dict, Optional
 
+import pandas as pd
 import torch
 
 from .. import atomic, distributed, logs, speed
@@ -18,7 +19,7 @@ from ..data import DataError, expand_root, load_full, prepare_data
 from ..lock import LOCK_FILE, LockLost, RunLocked, read_lock, worker_identity
 from ..records import LOCKED, RECORD, environment, inspect_record, new_record, trainable_params, write_json_atomic
 from ..registry import RegistryError
-from .evaluation import evaluate_into
+from .evaluation import evaluate_into, kept_evaluations, merge_kept
 
 __all__ = ["PER_EXAMPLE", "LOCKED", "DataCache", "execute_run", "apply_threads"]
 
@@ -44,13 +45,16 @@ class DataCache:
 
 
 def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, force=False, resume=True,
-                eval_only=False, log: Optional[Callable[[str], object]] = None, owner: Optional[str] = None) -> Dict:
+                eval_only=False, log: Optional[Callable[[str], object]] = None, owner: Optional[str] = None,
+                replace_evaluations: bool = False) -> Dict:
     """Train and evaluate one run; always leaves a record saying how it ended.
     The run's lock (lock.py) makes sure one worker alone works on it; a run
     held by a live worker is skipped (status ``locked``, nothing written).
     Messages go to the ``robustbench_convnorm.run`` logger (and to ``log``
     when given); while the lock is held, to the run's run.log too. A run
-    skipped as finished returns its record with ``skipped`` set."""
+    skipped as finished returns its record with ``skipped`` set. ``--eval-only``
+    keeps the earlier evaluators that ``eval.evaluators`` does not list
+    (run/evaluation.py, merge_kept) unless ``replace_evaluations``."""
     say = logs.teller(_log, log)
     run_dir = spec.run_dir
     try:
@@ -66,7 +70,8 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
         header = f"{spec.run_id}: {what} ({logs.describe_worker(worker_identity(owner))})"
         with logs.run_log(run_dir, header):
             return _execute_locked(spec, device, data_cache, lock, force=force, resume=resume,
-                                   eval_only=eval_only, log=say, owner=owner)
+                                   eval_only=eval_only, log=say, owner=owner,
+                                   replace_evaluations=replace_evaluations)
     except LockLost as err:  # taken over while this worker stalled: the new holder writes
         say(f"[stopped] {err}")
         return {"run_id": spec.run_id, "status": LOCKED, "holder": read_lock(run_dir)}
@@ -117,7 +122,7 @@ def _plot_title(record: Dict, spec: RunSpec) -> str:
 
 
 def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, eval_only, log,
-                    owner=None) -> Dict:
+                    owner=None, replace_evaluations=False) -> Dict:
     from ..training import train_run
 
     run_dir = spec.run_dir
@@ -141,7 +146,7 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
     record = new_record(spec, str(device))
     record["worker"] = worker_identity(owner)
     if eval_only and not damaged:
-        return _evaluate_only(spec, device, data_cache, lock, record, old, log)
+        return _evaluate_only(spec, device, data_cache, lock, record, old, log, replace_evaluations)
     if force and atomic.writes_enabled():  # (DDP: rank 0 alone)
         for path in run_dir.iterdir():
             if path.name not in _KEPT_BY_FORCE:
@@ -184,10 +189,12 @@ def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, e
         return finish("failed", failure(err))
 
 
-def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) -> Dict:
+def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log, replace_evaluations=False) -> Dict:
     """--eval-only: evaluate the finished checkpoint into a new record held in
     memory; record.json and per_example.csv are replaced only once it is
-    complete. On failure or Ctrl-C the record on disk stays as it was (a
+    complete. The earlier record's evaluators that the config no longer lists
+    are kept, outcomes and all, and the worst case is recomputed over every
+    evaluator (run/evaluation.py, merge_kept); ``replace_evaluations`` drops them. On failure or Ctrl-C the record on disk stays as it was (a
     failed record is written only where there was none)."""
     from ..checkpoints import check_run_config
     from ..training import CHECKPOINT
@@ -216,6 +223,11 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         return record
 
     try:
+        kept = [] if replace_evaluations else kept_evaluations(old, spec.config)
+        old_table = pd.read_csv(per_example_path) if kept and per_example_path.exists() else None
+        if kept and old_table is None:
+            raise ValueError(f"{per_example_path} is missing, so the outcomes of the kept evaluator(s) "
+                             f"{', '.join(kept)} are lost: re-run every evaluator (--replace-evaluations)")
         data, meta, model, forward, switches = _prepare_model(spec, device, data_cache, record, log)
         ckpt_path = run_dir / CHECKPOINT
         ckpt, used, record["checkpoint_notes"] = distributed.load_latest(ckpt_path, map_location=device, log=log)
@@ -228,6 +240,10 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         model.load_state_dict(ckpt["model"])
         per_example = evaluate_into(record, model, data, spec.config, device, log, run_dir,
                                     title=_plot_title(record, spec))
+        if kept:
+            per_example = merge_kept(record, per_example, old, old_table, kept, spec.config)
+            log(f"  kept the earlier evaluation(s) {', '.join(kept)} (--replace-evaluations drops them); "
+                f"worst_case_acc {record['metrics']['worst_case_acc']:.2f} over all of them")
         lock.ensure_held()
         replaced["old"] = per_example_path.read_bytes() if per_example_path.exists() else None
         atomic.write_csv(per_example_path, per_example)
