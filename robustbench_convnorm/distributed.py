@@ -11,7 +11,9 @@ training loop call them unconditionally. What DDP changes:
   same global batch (same order, same augmentation) and keeps its contiguous
   slice (:func:`shard_batches`); a rank's mean loss is weighted by its share
   of the batch, so the ranks' averaged gradient is the global batch's (an
-  uneven last batch included; one smaller than the world size is skipped);
+  uneven last batch included; in one smaller than the world size, a rank
+  with no example runs a stand-in example at weight 0, so no batch is
+  skipped);
 - the model is wrapped in DistributedDataParallel after the normalizer has
   built it (optionally with SyncBatchNorm, CUDA only);
 - rank 0 alone writes: the others run with ``atomic`` writes switched off and
@@ -266,6 +268,13 @@ class BatchShard:
     rank: int
 
     @property
+    def empty(self) -> bool:
+        """No example of this batch is this rank's (a last batch smaller than the
+        world size): the rank trains a stand-in example at weight 0, since every
+        rank must join DDP's gradient averaging."""
+        return self.hi == self.lo
+
+    @property
     def weight(self) -> float:
         """Factor on the rank's mean loss: DDP averages gradients over ranks, so
         world * (local / global) makes the average the global mean's gradient."""
@@ -295,11 +304,10 @@ class ShardedBatches:
         try:
             for x, y in self.batches:
                 n = len(y)
-                if n < self.ctx.world_size:  # some rank would get no example: every rank skips it
-                    continue
                 lo, hi = split_bounds(n, self.ctx.world_size, self.ctx.rank)
-                self.method.shard = BatchShard(lo, hi, n, self.ctx.world_size, self.ctx.rank)
-                yield x[lo:hi], y[lo:hi]
+                shard = self.method.shard = BatchShard(lo, hi, n, self.ctx.world_size, self.ctx.rank)
+                # fewer examples than ranks: a rank without one trains the first at weight 0
+                yield (x[:1], y[:1]) if shard.empty else (x[lo:hi], y[lo:hi])
         finally:
             self.method.shard = None
 

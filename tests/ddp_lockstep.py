@@ -32,8 +32,9 @@ from robustbench_convnorm.training.schedules import make_scheduler
 METHOD_NAMES = ("natural", "free", "fgsm_rs")
 AUGMENTS = {"none": (0, False), "crop": (1, False), "flip": (0, True), "crop_flip": (1, True)}
 #: 48 examples: batch 16 divides it; batch 20 leaves an odd last batch of 8 (split 4/4 over two
-#: ranks) and batch 13 one of 9 (split 5/4, uneven)
-SPLITS = {"divides": 16, "odd_last": 20, "uneven_last": 13}
+#: ranks), batch 13 one of 9 (split 5/4, uneven) and batch 47 one of a single example, fewer
+#: than the ranks (rank 1 trains a stand-in at weight 0)
+SPLITS = {"divides": 16, "odd_last": 20, "uneven_last": 13, "tiny_last": 47}
 N_TRAIN, SIZE, CLASSES = 48, 6, 3
 EPOCHS = 2
 

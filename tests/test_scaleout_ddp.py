@@ -147,17 +147,19 @@ def test_sync_batchnorm_on_the_cpu_is_one_clear_error(tmp_path, capsys, monkeypa
 def test_batch_split_and_evaluation_hooks_in_one_process(monkeypatch):
     from robustbench_convnorm import distributed
 
-    for n in range(2, 40):
+    for n in range(1, 40):
         for world in (2, 3, 4):
-            if n < world:
-                continue
             bounds = [distributed.split_bounds(n, world, r) for r in range(world)]
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))              # contiguous, in order
             sizes = [hi - lo for lo, hi in bounds]
-            assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
-            weights = [distributed.BatchShard(lo, hi, n, world, r).weight for r, (lo, hi) in enumerate(bounds)]
-            assert abs(sum(weights) / world - 1) < 1e-12                            # the average is the mean
+            assert max(sizes) - min(sizes) <= 1 and (min(sizes) >= 1) == (n >= world)
+            shards = [distributed.BatchShard(lo, hi, n, world, r) for r, (lo, hi) in enumerate(bounds)]
+            assert abs(sum(s.weight for s in shards) / world - 1) < 1e-12          # the average is the mean
+            # a last batch smaller than the world size is trained, not skipped: a rank without an
+            # example runs a stand-in at weight 0 (it must join the gradient averaging)
+            assert [s.empty for s in shards] == [r >= n for r in range(world)]
+            assert all(s.weight == 0 for s in shards if s.empty)
 
     def evaluate_with_shards(model, x, y, cfg, *, device, log, shard=None, gather=None):
         pass
@@ -177,7 +179,8 @@ def test_batch_split_and_evaluation_hooks_in_one_process(monkeypatch):
 @pytest.mark.slow
 def test_every_method_augmentation_and_batch_split_trains_the_one_process_run_step_by_step(tmp_path):
     """natural, free, fgsm_rs x no augmentation, crop, flip, crop+flip x a batch that divides
-    the data, an even odd-sized last batch and an unevenly split one (tests/ddp_lockstep.py):
+    the data, an even odd-sized last batch, an unevenly split one and a last batch of one
+    example, fewer than the ranks (tests/ddp_lockstep.py):
     after every minibatch each rank's slice is the one-process batch's rows bitwise (order,
     crop and flip draws), free AT's whole perturbation is the one-process one exactly, no
     minibatch is skipped, and the weights differ only by rounding (a wrong split, weight or
