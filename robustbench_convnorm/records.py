@@ -34,8 +34,10 @@ def trainable_params(model) -> int:
 
 #: what a run record may say about how it ended
 STATUSES = ("running", "finished", "failed", "interrupted", "stopped")
-#: fields every record has, with their JSON type (what the run's summary and the leaderboard read)
-_REQUIRED = {"run_id": str, "status": str, "metrics": dict, "evaluations": dict}
+#: fields every record has, with their JSON type (what the run's summary reads)
+_REQUIRED = {"run_id": str, "status": str}
+#: fields that must have this type where present (a finished record must hold its metrics)
+_TYPED = {"metrics": dict, "evaluations": dict, "timings": dict, "flags": list}
 
 
 def record_problem(record: Any, run_id: Optional[str] = None) -> Optional[str]:
@@ -46,10 +48,12 @@ def record_problem(record: Any, run_id: Optional[str] = None) -> Optional[str]:
         return f"not a JSON object ({type(record).__name__})"
     if record.get("schema", SCHEMA) != SCHEMA:
         return f"schema {record.get('schema')!r}, not {SCHEMA}"
-    for key, kind in _REQUIRED.items():
-        if not isinstance(record.get(key), kind):
-            return f"no {key} of type {kind.__name__}" if key not in record else \
-                f"its {key} is a {type(record[key]).__name__}, not a {kind.__name__}"
+    for key, kind in {**_REQUIRED, **_TYPED}.items():
+        if key not in record:
+            if key in _REQUIRED or (key == "metrics" and record.get("status") == "finished"):
+                return f"no {key}"
+        elif not isinstance(record[key], kind):
+            return f"its {key} is a {type(record[key]).__name__}, not a {kind.__name__}"
     if record["status"] not in STATUSES:
         return f"status {record['status']!r} is none of {', '.join(STATUSES)}"
     if not (record.get("error") is None or isinstance(record.get("error"), dict)):
