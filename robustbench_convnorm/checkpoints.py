@@ -36,8 +36,8 @@ import torch
 from . import atomic
 
 __all__ = ["CheckpointError", "CheckpointMismatch", "save_checkpoint", "save_atomic", "load_checkpoint",
-           "load_latest", "final_checkpoint_problem", "check_run_config", "prev_path", "checksum_path", "sha256_file", "rng_states",
-           "restore_rng_states", "load_model", "KILL_IN_CHECKPOINT_ENV"]
+           "load_latest", "final_checkpoint_problem", "check_run_config", "prev_path", "checksum_path",
+           "sha256_file", "rng_states", "restore_rng_states", "load_model", "KILL_IN_CHECKPOINT_ENV"]
 
 #: keys every training checkpoint holds; a file without them cannot resume a run
 _TRAINING_KEYS = ("epoch", "finished", "model", "run_config")

@@ -36,9 +36,10 @@ import torch.distributed as dist
 
 from . import atomic
 
-__all__ = ["Context", "planned_world_size", "tag_run_ids", "setup", "teardown", "current", "is_writer", "world_size", "requested", "acquire_lock",
-           "agree", "load_latest", "wrap_model", "shard_batches", "sum_over_ranks", "sync_model", "all_gather_object",
-           "evaluate_kwargs", "record_fields", "split_bounds"]
+__all__ = ["Context", "planned_world_size", "tag_run_ids", "setup", "teardown", "current", "is_writer",
+           "world_size", "requested", "acquire_lock", "agree", "load_latest", "wrap_model", "shard_batches",
+           "sum_over_ranks", "sync_model", "all_gather_object", "evaluate_kwargs", "record_fields",
+           "config_fields", "split_bounds"]
 
 
 @dataclass

@@ -194,8 +194,9 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log, re
     memory; record.json and per_example.csv are replaced only once it is
     complete. The earlier record's evaluators that the config no longer lists
     are kept, outcomes and all, and the worst case is recomputed over every
-    evaluator (run/evaluation.py, merge_kept); ``replace_evaluations`` drops them. On failure or Ctrl-C the record on disk stays as it was (a
-    failed record is written only where there was none)."""
+    evaluator (run/evaluation.py, merge_kept); ``replace_evaluations`` drops
+    them. On failure or Ctrl-C the record on disk stays as it was (a failed
+    record is written only where there was none)."""
     from ..checkpoints import check_run_config
     from ..training import CHECKPOINT
 
