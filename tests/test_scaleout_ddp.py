@@ -14,7 +14,7 @@ from robustbench_convnorm import run
 from robustbench_convnorm.checkpoints import load_checkpoint
 from robustbench_convnorm.training.loop import KILL_AFTER_EPOCH_ENV
 
-from scaleout_util import ROOT, env, records, write_config
+from scaleout_util import ROOT, TINY, env, records, write_config
 
 EPS = 8 / 255
 
@@ -206,3 +206,23 @@ def test_every_method_augmentation_and_batch_split_trains_the_one_process_run_st
         assert max(r["weight_diff"]) < 1e-6, (combo, max(r["weight_diff"]))
         if combo.startswith("free/"):
             assert max(r["delta_diff"]) == 0.0, combo
+
+
+def test_a_data_parallel_run_is_named_apart_before_any_process_group_exists():
+    """torchrun's WORLD_SIZE, or a SLURM launch with launcher.tasks_per_node, gives every run of
+    the grid its -dpN id before training, so submitter and tasks agree on it; one process keeps
+    the plain id."""
+    from robustbench_convnorm import distributed
+    from robustbench_convnorm.config import config_from_dict, expand_grid
+    from robustbench_convnorm.identity import data_parallel_run_id
+
+    assert distributed.planned_world_size(env={"WORLD_SIZE": "4", "RANK": "0"}) == 4
+    assert distributed.planned_world_size("slurm", 2, env={}) == 2
+    assert distributed.planned_world_size("local", 2, env={}) == 1
+    assert distributed.planned_world_size(None, 1, env={}) == 1
+    specs = expand_grid(config_from_dict({k: v for k, v in TINY.items()}))
+    plain = [s.run_id for s in specs]
+    assert [s.run_id for s in distributed.tag_run_ids(specs, 1)] == plain
+    tagged = distributed.tag_run_ids(specs, 3)
+    assert [s.run_id for s in tagged] == [p + "-dp3" for p in plain] == [data_parallel_run_id(p, 3) for p in plain]
+    assert all(s.run_dir.name == s.run_id for s in tagged)
