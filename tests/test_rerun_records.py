@@ -41,7 +41,6 @@ def _edit(run_dir, change):
     ("schema", lambda r: r.update(schema=2, metrics={"clean_acc": 99.9})),
     ("run_id", lambda r: r.update(run_id="synthetic-convnet-vanilla-free-s0-00000000",
                                   metrics={"clean_acc": 99.9})),
-    ("metrics", lambda r: r.update(metrics="99.9")),
     ("no run_id", lambda r: r.pop("run_id") and r.update(metrics={"clean_acc": 99.9})),
     ("not an object", lambda r: [{"status": "finished", "metrics": {"clean_acc": 99.9}}]),
 ])
