@@ -36,8 +36,8 @@ import torch
 from . import atomic
 
 __all__ = ["CheckpointError", "CheckpointMismatch", "save_checkpoint", "save_atomic", "load_checkpoint",
-           "load_latest", "check_run_config", "prev_path", "checksum_path", "sha256_file", "rng_states",
-           "restore_rng_states", "load_model", "KILL_IN_CHECKPOINT_ENV"]
+           "load_latest", "final_checkpoint_problem", "check_run_config", "prev_path", "checksum_path",
+           "sha256_file", "rng_states", "restore_rng_states", "load_model", "KILL_IN_CHECKPOINT_ENV"]
 
 #: keys every training checkpoint holds; a file without them cannot resume a run
 _TRAINING_KEYS = ("epoch", "finished", "model", "run_config")
@@ -213,6 +213,26 @@ def load_latest(path, map_location="cpu", log: Callable[[str], Any] = print
         notes.append("no good checkpoint is left: training restarts from epoch 0")
         log(f"  {notes[-1]}")
     return None, None, notes
+
+
+def final_checkpoint_problem(path) -> Optional[str]:
+    """Why the newest checkpoint at ``path`` cannot back a finished run's
+    results, or None. A file failing its checksum, one set aside as
+    ``.corrupt-*`` and not replaced, or a missing one beside a ``.prev``: the
+    run resumes from the previous good checkpoint and is re-evaluated. A
+    folder with no checkpoint file at all (removed on purpose, to save space)
+    is no problem: its results stand."""
+    path = Path(path)
+    if path.exists():
+        if _vouched(path, _listed(path)) is None:
+            return f"its final checkpoint {path.name} does not match its listed SHA-256 (damaged)"
+        return None
+    aside = sorted(path.parent.glob(f"{path.name}.corrupt-*"))
+    if aside:
+        return f"its final checkpoint was found damaged and set aside as {aside[-1].name}"
+    if prev_path(path).exists():
+        return f"its final checkpoint {path.name} is missing beside {prev_path(path).name}"
+    return None
 
 
 def check_run_config(ckpt: Dict[str, Any], cfg, path) -> None:

@@ -11,7 +11,9 @@ training loop call them unconditionally. What DDP changes:
   same global batch (same order, same augmentation) and keeps its contiguous
   slice (:func:`shard_batches`); a rank's mean loss is weighted by its share
   of the batch, so the ranks' averaged gradient is the global batch's (an
-  uneven last batch included; one smaller than the world size is skipped);
+  uneven last batch included; in one smaller than the world size, a rank
+  with no example runs a stand-in example at weight 0, so no batch is
+  skipped);
 - the model is wrapped in DistributedDataParallel after the normalizer has
   built it (optionally with SyncBatchNorm, CUDA only);
 - rank 0 alone writes: the others run with ``atomic`` writes switched off and
@@ -34,9 +36,10 @@ import torch.distributed as dist
 
 from . import atomic
 
-__all__ = ["Context", "setup", "teardown", "current", "is_writer", "world_size", "requested", "acquire_lock",
-           "agree", "load_latest", "wrap_model", "shard_batches", "sum_over_ranks", "sync_model", "all_gather_object",
-           "evaluate_kwargs", "record_fields", "split_bounds"]
+__all__ = ["Context", "planned_world_size", "tag_run_ids", "setup", "teardown", "current", "is_writer",
+           "world_size", "requested", "acquire_lock", "agree", "load_latest", "wrap_model", "shard_batches",
+           "sum_over_ranks", "sync_model", "all_gather_object", "evaluate_kwargs", "record_fields",
+           "config_fields", "split_bounds"]
 
 
 @dataclass
@@ -58,6 +61,28 @@ def requested(env=os.environ) -> bool:
         return int(env.get("WORLD_SIZE", "1")) > 1
     except ValueError:
         return False
+
+
+def planned_world_size(launcher: Optional[str] = None, tasks_per_node: int = 1, env=os.environ) -> int:
+    """Ranks each run of this command trains over, known before any process
+    group exists: torchrun's (or a data-parallel SLURM task's) WORLD_SIZE, or
+    what ``--launcher slurm`` with ``launcher.tasks_per_node`` will start."""
+    if requested(env):
+        return int(env["WORLD_SIZE"])
+    if launcher == "slurm" and tasks_per_node > 1:
+        return tasks_per_node
+    return 1
+
+
+def tag_run_ids(specs, world: int):
+    """Each run's id for training over ``world`` ranks (identity.data_parallel_run_id):
+    a data-parallel run is not the one-process run (docs/scaling.md says why), so it
+    gets a folder, checkpoint and leaderboard row of its own. Changes ``specs`` in place."""
+    from .identity import data_parallel_run_id
+
+    for spec in specs:
+        spec.run_id = data_parallel_run_id(spec.run_id, world)
+    return specs
 
 
 def setup(device: torch.device, *, sync_batchnorm: bool = False) -> Optional[Context]:
@@ -119,11 +144,21 @@ def world_size() -> int:
 
 
 def record_fields() -> Dict[str, Any]:
-    """What a run's record says about how it was parallelised."""
+    """What a run's record says about how it was parallelised (its ``config``
+    also gets identity.DATA_PARALLEL under DDP: config_fields)."""
     if _CTX is None:
         return {"world_size": 1}
     return {"world_size": _CTX.world_size,
             "distributed": {"backend": _CTX.backend, "sync_batchnorm": _CTX.sync_batchnorm}}
+
+
+def config_fields() -> Dict[str, Any]:
+    """What a data-parallel run adds to its record's ``config``: the world size,
+    part of its identity (identity.DATA_PARALLEL), so the leaderboard gives it
+    its own row. Nothing in a plain process."""
+    from .identity import DATA_PARALLEL
+
+    return {} if _CTX is None else {DATA_PARALLEL: {"world_size": _CTX.world_size}}
 
 
 # ---------------------------------------------------------------- agreement
@@ -234,6 +269,13 @@ class BatchShard:
     rank: int
 
     @property
+    def empty(self) -> bool:
+        """No example of this batch is this rank's (a last batch smaller than the
+        world size): the rank trains a stand-in example at weight 0, since every
+        rank must join DDP's gradient averaging."""
+        return self.hi == self.lo
+
+    @property
     def weight(self) -> float:
         """Factor on the rank's mean loss: DDP averages gradients over ranks, so
         world * (local / global) makes the average the global mean's gradient."""
@@ -263,11 +305,10 @@ class ShardedBatches:
         try:
             for x, y in self.batches:
                 n = len(y)
-                if n < self.ctx.world_size:  # some rank would get no example: every rank skips it
-                    continue
                 lo, hi = split_bounds(n, self.ctx.world_size, self.ctx.rank)
-                self.method.shard = BatchShard(lo, hi, n, self.ctx.world_size, self.ctx.rank)
-                yield x[lo:hi], y[lo:hi]
+                shard = self.method.shard = BatchShard(lo, hi, n, self.ctx.world_size, self.ctx.rank)
+                # fewer examples than ranks: a rank without one trains the first at weight 0
+                yield (x[:1], y[:1]) if shard.empty else (x[lo:hi], y[lo:hi])
         finally:
             self.method.shard = None
 

@@ -16,8 +16,8 @@ import hashlib
 import json
 from typing import Any, Dict, Iterable, Mapping
 
-__all__ = ["ADDED_KEYS", "NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity", "model_identity", "digest",
-           "flatten", "short_names"]
+__all__ = ["ADDED_KEYS", "DATA_PARALLEL", "NOT_IN_RUN_ID", "NOT_IN_RUN_ID_TRAIN", "run_identity", "model_identity",
+           "digest", "data_parallel_run_id", "flatten", "short_names"]
 
 #: Sections that do not change what is trained: a run keeps its id (and its
 #: checkpoint) when only these change, so it can be re-evaluated.
@@ -37,6 +37,18 @@ ADDED_KEYS: Dict[str, Any] = {
     "train.select": "last",
     "train.ema": None,
 }
+
+
+#: The key a data-parallel run's record adds to its ``config`` ({"world_size": N}), kept in its
+#: identity: N ranks add each minibatch's gradient in another order than one process does, and
+#: training amplifies that rounding (docs/scaling.md, "Why a data-parallel run has its own run
+#: id"), so a run over N ranks is a differently trained model than the one-process run.
+DATA_PARALLEL = "data_parallel"
+
+
+def data_parallel_run_id(run_id: str, world_size: int) -> str:
+    """The id of ``run_id``'s run trained over ``world_size`` ranks (itself for one process)."""
+    return run_id if world_size <= 1 else f"{run_id}-dp{world_size}"
 
 
 def run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:

@@ -32,12 +32,56 @@ def trainable_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def read_record(run_dir) -> Optional[Dict[str, Any]]:
+#: what a run record may say about how it ended
+STATUSES = ("running", "finished", "failed", "interrupted", "stopped")
+#: fields every record has, with their JSON type (what the run's summary reads)
+_REQUIRED = {"run_id": str, "status": str}
+#: fields that must have this type where present (a finished record must hold its metrics)
+_TYPED = {"metrics": dict, "evaluations": dict, "timings": dict, "flags": list}
+
+
+def record_problem(record: Any, run_id: Optional[str] = None) -> Optional[str]:
+    """Why ``record`` is not a run record (of ``run_id``, when given); None when it is.
+    A record of another schema, or whose run id is another run's (a folder copied or
+    edited by hand), must not count as this run's outcome."""
+    if not isinstance(record, dict):
+        return f"not a JSON object ({type(record).__name__})"
+    if record.get("schema", SCHEMA) != SCHEMA:
+        return f"schema {record.get('schema')!r}, not {SCHEMA}"
+    for key, kind in {**_REQUIRED, **_TYPED}.items():
+        if key not in record:
+            if key in _REQUIRED or (key == "metrics" and record.get("status") == "finished"):
+                return f"no {key}"
+        elif not isinstance(record[key], kind):
+            return f"its {key} is a {type(record[key]).__name__}, not a {kind.__name__}"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is none of {', '.join(STATUSES)}"
+    if not (record.get("error") is None or isinstance(record.get("error"), dict)):
+        return "its error is neither null nor an object"
+    if run_id is not None and record["run_id"] != run_id:
+        return f"its run_id is {record['run_id']!r}, not this folder's {run_id!r}"
+    return None
+
+
+def inspect_record(run_dir):
+    """(record, problem): the run's record when it is a valid record of the run its
+    folder names, else None with what is wrong (None too when there is no file)."""
     path = Path(run_dir) / RECORD
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as err:
+        return None, f"{path} cannot be read as JSON ({err.__class__.__name__})"
+    problem = record_problem(record, Path(run_dir).name)
+    return (None, f"{path} is not this run's record: {problem}") if problem else (record, None)
+
+
+def read_record(run_dir) -> Optional[Dict[str, Any]]:
+    """The run's record; None when missing, unreadable, or not a valid record of
+    the run its folder names (inspect_record says why): such a file never counts
+    as the run's outcome."""
+    return inspect_record(run_dir)[0]
 
 
 def versions() -> Dict[str, str]:
@@ -96,7 +140,7 @@ def environment(device) -> Dict[str, Any]:
 
 def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
     from .config import to_dict
-    from .distributed import record_fields
+    from .distributed import config_fields, record_fields
 
     cfg = spec.config
     entry = spec.normalizer
@@ -117,7 +161,7 @@ def new_record(spec, device: str, data_note: str = "") -> Dict[str, Any]:
         "seed": spec.seed,
         "grid_seeds": spec.grid_seeds,
         "grid_axes": spec.axes,
-        "config": to_dict(cfg),
+        "config": {**to_dict(cfg), **config_fields()},   # + data_parallel under DDP (its own identity)
         "metrics": {},
         "evaluations": {},
         "params": None,

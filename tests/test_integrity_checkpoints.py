@@ -157,3 +157,47 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
     assert "train.lr: 0.1 in the checkpoint, 0.01 in this run" in str(err.value)
     assert (other.run_dir / CHECKPOINT).read_bytes() == before       # nothing overwritten
     assert not (other.run_dir / "train_log.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-epoch run of the CLI (checkpoint.prev.pt holds epoch 1)."""
+    from integrity_common import run_dirs, write_config
+    from robustbench_convnorm import run
+
+    base = tmp_path_factory.mktemp("finished")
+    cfg = write_config(base, "out")
+    assert run.main([str(cfg)]) == 0
+    (run_dir,) = run_dirs(base / "out")
+    return cfg, run_dir
+
+
+@pytest.mark.parametrize("how", ["run", "--eval-only", "after an --eval-only set it aside"])
+def test_a_finished_run_whose_final_checkpoint_is_damaged_resumes_and_is_re_evaluated(
+        finished_run, tmp_path, capsys, how):
+    """Not a dead end (issue 19, item 8): plain `run` no longer skips it as finished and
+    --eval-only no longer asks for training; both resume from checkpoint.prev.pt, train the
+    last epoch again (to the same weights: resume is exact) and re-evaluate."""
+    import json
+    import shutil
+
+    from robustbench_convnorm import run
+
+    cfg, original = finished_run
+    run_dir = tmp_path / "out" / "runs" / original.name
+    shutil.copytree(original, run_dir)
+    good = load_checkpoint(run_dir / CHECKPOINT)
+    before = json.loads((run_dir / "record.json").read_text())
+    flip_bit_in(run_dir / CHECKPOINT, next(iter(good["model"].values())))
+    if how.startswith("after"):   # what an --eval-only of the starting main left behind
+        load_latest(run_dir / CHECKPOINT, log=lambda *a: None)
+        assert not (run_dir / CHECKPOINT).exists()
+    args = [str(cfg), "--set", f"output_dir={tmp_path / 'out'}"] + (["--eval-only"] if how == "--eval-only" else [])
+    assert run.main(args) == 0
+    shown = capsys.readouterr().out
+    assert "resuming from the previous good checkpoint" in shown and "resuming from epoch 1/2" in shown
+    after = json.loads((run_dir / "record.json").read_text())
+    assert after["status"] == "finished" and after["metrics"] == before["metrics"]
+    assert same_weights(load_checkpoint(run_dir / CHECKPOINT)["model"], good["model"])
+    assert checkpoints.final_checkpoint_problem(run_dir / CHECKPOINT) is None
+    assert run.main(args[:3]) == 0 and "finished already" in capsys.readouterr().out   # and now it stands

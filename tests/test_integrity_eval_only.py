@@ -2,6 +2,7 @@
 memory and replaces record.json and per_example.csv only when complete; a
 failure or Ctrl-C leaves them as they were and the console says so; a
 checkpoint copied in from another configuration is refused, naming both."""
+import json
 import shutil
 
 import pytest
@@ -100,3 +101,51 @@ def test_eval_only_on_an_untrained_run_says_why(tmp_path, capsys):
     assert run.main([str(cfg), "--eval-only"]) == 1
     shown = capsys.readouterr().out
     assert "there is no good checkpoint" in shown and "train the run first" in shown
+
+
+# ---------------------------------------------------------------- adding evaluators (issue 19, item 8)
+
+FGSM = "eval.evaluators=[{type: clean}, {type: fgsm, eps: 8/255}]"
+
+
+def _table(out, name):
+    import pandas as pd
+
+    (run_dir,) = [d for d in run_dirs(out) if f"-{name}-" in d.name]
+    return json.loads((run_dir / "record.json").read_text()), pd.read_csv(run_dir / "per_example.csv")
+
+
+def test_eval_only_with_a_new_list_adds_to_the_earlier_evaluations(copy_of, capsys):
+    """The earlier PGD (pgd2) stays, outcomes and all, and the worst case covers PGD and the new
+    FGSM per example (not a minimum of their accuracies)."""
+    cli, out = copy_of
+    before, before_table = _table(out, "vanilla")
+    assert cli("--eval-only", "--only", "vanilla", "--set", FGSM) == 0
+    assert "kept the earlier evaluation(s) pgd2" in capsys.readouterr().out
+    after, table = _table(out, "vanilla")
+    assert set(after["evaluations"]) == {"clean", "pgd2", "fgsm"} and after["kept_evaluations"] == ["pgd2"]
+    assert after["evaluations"]["pgd2"]["acc"] == before["evaluations"]["pgd2"]["acc"]
+    assert after["metrics"]["pgd2_acc"] == before["metrics"]["pgd2_acc"] and "fgsm_acc" in after["metrics"]
+    pgd_cols = [c for c in before_table.columns if c.startswith("pgd2_")]
+    assert table[pgd_cols].equals(before_table[pgd_cols])                       # outcomes kept as they were
+    survived = table["clean_correct"] & table["pgd2_correct"] & table["fgsm_correct"]
+    assert table["worst_case_correct"].astype(bool).tolist() == survived.tolist()
+    assert after["metrics"]["worst_case_acc"] == pytest.approx(100 * survived.mean())
+    assert after["metrics"]["worst_case_acc"] <= min(before["metrics"]["worst_case_acc"],
+                                                     after["metrics"]["fgsm_acc"])
+    # re-running the same list keeps them all again; --replace-evaluations drops the others
+    assert cli("--eval-only", "--only", "vanilla", "--set", FGSM) == 0
+    assert set(_table(out, "vanilla")[0]["evaluations"]) == {"clean", "pgd2", "fgsm"}
+    assert cli("--eval-only", "--replace-evaluations", "--only", "vanilla", "--set", FGSM) == 0
+    replaced, table = _table(out, "vanilla")
+    assert set(replaced["evaluations"]) == {"clean", "fgsm"} and "pgd2_acc" not in replaced["metrics"]
+    assert not [c for c in table.columns if c.startswith("pgd2_")]
+
+
+def test_evaluations_of_other_examples_are_not_mixed_into_one_worst_case(copy_of, capsys):
+    cli, out = copy_of
+    before = _results(out)
+    assert cli("--eval-only", "--only", "vanilla", "--set", FGSM, "--set", "eval.n_examples=20") == 1
+    shown = capsys.readouterr().out
+    assert "eval.n_examples=None" in shown and "--replace-evaluations" in shown
+    assert _results(out) == before

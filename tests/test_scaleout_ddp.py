@@ -14,7 +14,7 @@ from robustbench_convnorm import run
 from robustbench_convnorm.checkpoints import load_checkpoint
 from robustbench_convnorm.training.loop import KILL_AFTER_EPOCH_ENV
 
-from scaleout_util import ROOT, env, records, write_config
+from scaleout_util import ROOT, TINY, env, records, write_config
 
 EPS = 8 / 255
 
@@ -27,6 +27,11 @@ def torchrun(*args, nproc=2, **extra_env):
 
 def checkpoints(out):
     return {p.parent.name: load_checkpoint(p) for p in sorted(out.glob("runs/*/checkpoint.pt"))}
+
+
+def base_ids(by_run_id):
+    """A data-parallel run's values under the one-process run's id (its own id drops the -dp2)."""
+    return {k[:-len("-dp2")] if k.endswith("-dp2") else k: v for k, v in by_run_id.items()}
 
 
 def max_weight_diff(a, b):
@@ -43,23 +48,26 @@ def test_ddp_trains_the_single_process_weights_and_rank0_alone_writes(tmp_path):
     assert "3 run(s) on cpu x 2 ranks (gloo)" in proc.stdout
     assert proc.stdout.count("[1/3]") == 1                  # rank 1's output is silenced
     assert run.main([str(one_cfg)]) == 0
-    ddp_recs, one_recs = records(ddp_out), records(one_out)
+    ddp_recs, one_recs = base_ids(records(ddp_out)), records(one_out)
     assert set(ddp_recs) == set(one_recs) and len(ddp_recs) == 3
-    ddp_ck, one_ck = checkpoints(ddp_out), checkpoints(one_out)
+    ddp_ck, one_ck = base_ids(checkpoints(ddp_out)), checkpoints(one_out)
     for run_id, rec in ddp_recs.items():
+        # its own run id, folder and leaderboard row: rounding differs from one process (docs/scaling.md)
+        assert rec["run_id"] == run_id + "-dp2" and rec["config"]["data_parallel"] == {"world_size": 2}
+        assert "data_parallel" not in one_recs[run_id]["config"]
         assert rec["status"] == "finished" and rec["world_size"] == 2
         assert rec["distributed"] == {"backend": "gloo", "sync_batchnorm": False}
         assert one_recs[run_id]["world_size"] == 1
         diff = max_weight_diff(ddp_ck[run_id]["model"], one_ck[run_id]["model"])
         assert diff < 1e-5, (run_id, diff)
         assert rec["metrics"] == one_recs[run_id]["metrics"]
-        assert (ddp_out / "runs" / run_id / "per_example.csv").read_text() == \
+        assert (ddp_out / "runs" / rec["run_id"] / "per_example.csv").read_text() == \
             (one_out / "runs" / run_id / "per_example.csv").read_text()
-        log = (ddp_out / "runs" / run_id / "train_log.csv").read_text().splitlines()
+        log = (ddp_out / "runs" / rec["run_id"] / "train_log.csv").read_text().splitlines()
         assert len(log) == 1 + 2                              # one writer: header and two epochs
-        run_log = (ddp_out / "runs" / run_id / "run.log").read_text()
+        run_log = (ddp_out / "runs" / rec["run_id"] / "run.log").read_text()
         assert run_log.count("=== ") == 1 and run_log.count("epoch 2/2: loss") == 1   # rank 0's alone
-        run_dir = ddp_out / "runs" / run_id
+        run_dir = ddp_out / "runs" / rec["run_id"]
         assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []   # no temp, no lock
     (free_id,) = [r for r in ddp_recs if "-free-" in r]
     delta = ddp_ck[free_id]["method"]["delta"]
@@ -78,8 +86,8 @@ def test_normalizers_with_state_stay_correct_under_ddp(tmp_path):
     proc = torchrun(ddp_cfg)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert run.main([str(one_cfg)]) == 0
-    ddp_ck, one_ck = checkpoints(ddp_out), checkpoints(one_out)
-    ddp_recs, one_recs = records(ddp_out), records(one_out)
+    ddp_ck, one_ck = base_ids(checkpoints(ddp_out)), checkpoints(one_out)
+    ddp_recs, one_recs = base_ids(records(ddp_out)), records(one_out)
     assert len(ddp_ck) == 4
     for run_id in ddp_ck:
         a, b = ddp_ck[run_id]["model"], one_ck[run_id]["model"]
@@ -91,7 +99,7 @@ def test_normalizers_with_state_stay_correct_under_ddp(tmp_path):
                 assert a[key].shape == b[key].shape and a[key].numel() > 0
                 assert torch.allclose(a[key], b[key], atol=1e-5), key
         assert ddp_recs[run_id]["metrics"] == one_recs[run_id]["metrics"], run_id
-        assert (ddp_out / "runs" / run_id / "per_example.csv").read_text() == \
+        assert (ddp_out / "runs" / (run_id + "-dp2") / "per_example.csv").read_text() == \
             (one_out / "runs" / run_id / "per_example.csv").read_text()
 
 
@@ -139,17 +147,19 @@ def test_sync_batchnorm_on_the_cpu_is_one_clear_error(tmp_path, capsys, monkeypa
 def test_batch_split_and_evaluation_hooks_in_one_process(monkeypatch):
     from robustbench_convnorm import distributed
 
-    for n in range(2, 40):
+    for n in range(1, 40):
         for world in (2, 3, 4):
-            if n < world:
-                continue
             bounds = [distributed.split_bounds(n, world, r) for r in range(world)]
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))              # contiguous, in order
             sizes = [hi - lo for lo, hi in bounds]
-            assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
-            weights = [distributed.BatchShard(lo, hi, n, world, r).weight for r, (lo, hi) in enumerate(bounds)]
-            assert abs(sum(weights) / world - 1) < 1e-12                            # the average is the mean
+            assert max(sizes) - min(sizes) <= 1 and (min(sizes) >= 1) == (n >= world)
+            shards = [distributed.BatchShard(lo, hi, n, world, r) for r, (lo, hi) in enumerate(bounds)]
+            assert abs(sum(s.weight for s in shards) / world - 1) < 1e-12          # the average is the mean
+            # a last batch smaller than the world size is trained, not skipped: a rank without an
+            # example runs a stand-in at weight 0 (it must join the gradient averaging)
+            assert [s.empty for s in shards] == [r >= n for r in range(world)]
+            assert all(s.weight == 0 for s in shards if s.empty)
 
     def evaluate_with_shards(model, x, y, cfg, *, device, log, shard=None, gather=None):
         pass
@@ -164,3 +174,55 @@ def test_batch_split_and_evaluation_hooks_in_one_process(monkeypatch):
     assert distributed.evaluate_kwargs(evaluate_plain) == {}                        # every rank evaluates all
     assert distributed.record_fields() == {"world_size": 2, "distributed": {"backend": "gloo",
                                                                             "sync_batchnorm": False}}
+
+
+@pytest.mark.slow
+def test_every_method_augmentation_and_batch_split_trains_the_one_process_run_step_by_step(tmp_path):
+    """natural, free, fgsm_rs x no augmentation, crop, flip, crop+flip x a batch that divides
+    the data, an even odd-sized last batch, an unevenly split one and a last batch of one
+    example, fewer than the ranks (tests/ddp_lockstep.py):
+    after every minibatch each rank's slice is the one-process batch's rows bitwise (order,
+    crop and flip draws), free AT's whole perturbation is the one-process one exactly, no
+    minibatch is skipped, and the weights differ only by rounding (a wrong split, weight or
+    draw moves them by about lr x gradient, 1e-3 here). Rounding is all that remains, and
+    it is why a data-parallel run has its own run id (docs/scaling.md)."""
+    out = tmp_path / "lockstep.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_lockstep.py"), str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+
+    import ddp_lockstep
+
+    got = json.loads(out.read_text())
+    assert got["world_size"] == 2
+    results = got["results"]
+    assert len(results) == len(ddp_lockstep.METHOD_NAMES) * len(ddp_lockstep.AUGMENTS) * len(ddp_lockstep.SPLITS)
+    for combo, r in results.items():
+        batch = ddp_lockstep.SPLITS[combo.split("/")[2]]
+        assert r["steps"] == ddp_lockstep.EPOCHS * -(-ddp_lockstep.N_TRAIN // batch), combo
+        assert r["data_equal"], combo
+        assert max(r["weight_diff"]) < 1e-6, (combo, max(r["weight_diff"]))
+        if combo.startswith("free/"):
+            assert max(r["delta_diff"]) == 0.0, combo
+
+
+def test_a_data_parallel_run_is_named_apart_before_any_process_group_exists():
+    """torchrun's WORLD_SIZE, or a SLURM launch with launcher.tasks_per_node, gives every run of
+    the grid its -dpN id before training, so submitter and tasks agree on it; one process keeps
+    the plain id."""
+    from robustbench_convnorm import distributed
+    from robustbench_convnorm.config import config_from_dict, expand_grid
+    from robustbench_convnorm.identity import data_parallel_run_id
+
+    assert distributed.planned_world_size(env={"WORLD_SIZE": "4", "RANK": "0"}) == 4
+    assert distributed.planned_world_size("slurm", 2, env={}) == 2
+    assert distributed.planned_world_size("local", 2, env={}) == 1
+    assert distributed.planned_world_size(None, 1, env={}) == 1
+    specs = expand_grid(config_from_dict({k: v for k, v in TINY.items()}))
+    plain = [s.run_id for s in specs]
+    assert [s.run_id for s in distributed.tag_run_ids(specs, 1)] == plain
+    tagged = distributed.tag_run_ids(specs, 3)
+    assert [s.run_id for s in tagged] == [p + "-dp3" for p in plain] == [data_parallel_run_id(p, 3) for p in plain]
+    assert all(s.run_dir.name == s.run_id for s in tagged)

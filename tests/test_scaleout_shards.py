@@ -20,6 +20,11 @@ from cli_util import cli
 TABLE1 = ["vanilla", "sn", "oni", "ocnn", "convnorm"]
 
 
+def _record(run_id, status):
+    """The smallest record the run command takes for its run's (records.record_problem)."""
+    return {"schema": 1, "run_id": run_id, "status": status, "error": None, "metrics": {}, "evaluations": {}}
+
+
 def grid(normalizers=TABLE1, seeds=(0, 1, 2), **train):
     raw = json.loads(json.dumps(TINY))
     raw["normalizers"] = [n if isinstance(n, dict) else {"name": n} for n in normalizers]
@@ -95,7 +100,7 @@ def test_dry_run_json_and_slurm_selection(tmp_path, capsys, monkeypatch):
                                                                                  {"name": "sn"}]}))))
     done = specs[4]
     done.run_dir.mkdir(parents=True)
-    (done.run_dir / "record.json").write_text(json.dumps({"status": "finished"}))
+    (done.run_dir / "record.json").write_text(json.dumps(_record(done.run_id, "finished")))
     assert run.main([str(cfg), "--dry-run", "--json", "--shard", "1/3"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["shard"] == {"index": 1, "count": 3, "source": "--shard"}
@@ -190,12 +195,12 @@ def test_leaderboard_is_built_once_per_set_of_records(tmp_path):
         return {"md": str(output_dir / "board.md")}
 
     (out / "runs" / specs[0].run_id).mkdir(parents=True)
-    (out / "runs" / specs[0].run_id / "record.json").write_text(json.dumps({"status": "finished"}))
+    (out / "runs" / specs[0].run_id / "record.json").write_text(json.dumps(_record(specs[0].run_id, "finished")))
     assert merge.build_if_complete(specs, out, build=build) is None and not builds   # one run still to go
     (out / "runs" / specs[1].run_id).mkdir(parents=True)
-    (out / "runs" / specs[1].run_id / "record.json").write_text(json.dumps({"status": "running"}))
+    (out / "runs" / specs[1].run_id / "record.json").write_text(json.dumps(_record(specs[1].run_id, "running")))
     assert merge.build_if_complete(specs, out, build=build) is None                  # running is not done
-    (out / "runs" / specs[1].run_id / "record.json").write_text(json.dumps({"status": "failed"}))
+    (out / "runs" / specs[1].run_id / "record.json").write_text(json.dumps(_record(specs[1].run_id, "failed")))
     assert merge.build_if_complete(specs, out, build=build) and len(builds) == 1     # failed is terminal
     assert merge.build_if_complete(specs, out, build=build) and len(builds) == 1     # same records: no rebuild
     (out / "board.md").unlink()

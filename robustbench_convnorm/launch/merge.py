@@ -69,6 +69,14 @@ def _fingerprint(output_dir: Path) -> str:
     return h.hexdigest()
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (a file the last build wrote) lies in ``folder``."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
 def _build(output_dir: Path) -> Dict[str, str]:
     from ..leaderboard import build_leaderboard
 
@@ -108,7 +116,10 @@ def build_once(output_dir, *, log: Callable[[str], None] = print, warn: Callable
         except (OSError, ValueError):
             stamp = {}
         paths = stamp.get("paths") or {}
-        if stamp.get("fingerprint") == fingerprint and paths and all(Path(p).exists() for p in paths.values()):
+        # a results folder copied or moved elsewhere holds the old folder's stamp: rebuild there
+        here = stamp.get("output_dir") == str(output_dir.resolve()) and \
+            all(_inside(Path(p), output_dir) for p in paths.values())
+        if stamp.get("fingerprint") == fingerprint and paths and here and all(Path(p).exists() for p in paths.values()):
             log(f"leaderboard up to date: {', '.join(paths.values())}")
             return paths
         try:
@@ -117,7 +128,7 @@ def build_once(output_dir, *, log: Callable[[str], None] = print, warn: Callable
             warn(f"leaderboard not built: {err.__class__.__name__}: {err}")
             return None
         atomic.write_json(lock_dir / STAMP, {
-            "fingerprint": fingerprint, "paths": paths,
+            "fingerprint": fingerprint, "paths": paths, "output_dir": str(output_dir.resolve()),
             "runs": sorted(p.parent.name for p in (output_dir / "runs").glob(f"*/{RECORD}")),
             "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "by": f"pid {os.getpid()} on {socket.gethostname()}"})

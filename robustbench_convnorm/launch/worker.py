@@ -32,7 +32,8 @@ def passed_flags(args) -> List[str]:
     if getattr(args, "only", None):
         flags += ["--only", args.only]
     flags += [flag for flag, on in (("--force", getattr(args, "force", False)),
-                                    ("--eval-only", getattr(args, "eval_only", False))) if on]
+                                    ("--eval-only", getattr(args, "eval_only", False)),
+                                    ("--replace-evaluations", getattr(args, "replace_evaluations", False))) if on]
     return flags
 
 

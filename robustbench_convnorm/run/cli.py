@@ -27,7 +27,8 @@ PROG = "python -m robustbench_convnorm.run"
 USAGE = """Train and evaluate a grid of runs.
 
     python -m robustbench_convnorm.run CONFIG [--set key.path=value ...]
-        [--dry-run [--json]] [--list [NAME]] [--resume] [--force] [--eval-only] [--only TEXT]
+        [--dry-run [--json]] [--list [NAME]] [--resume] [--force] [--eval-only [--replace-evaluations]]
+        [--only TEXT]
         [--shard I/N | --run-id ID | --launcher slurm|local ...]
     torchrun --nproc_per_node=N -m robustbench_convnorm.run CONFIG   (data-parallel runs)
 
@@ -56,10 +57,16 @@ def parse_args(argv=None, prog: str = PROG):
                         "their options and defaults; NAME narrows it to one kind or one entry")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs (the default; kept explicit)")
     p.add_argument("--force", action="store_true", help="redo finished runs from scratch")
-    p.add_argument("--eval-only", action="store_true", help="evaluate existing checkpoints, no training")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate existing checkpoints, no training; earlier evaluators the config no longer "
+                        "lists are kept (the worst case covers them all)")
+    p.add_argument("--replace-evaluations", action="store_true",
+                   help="with --eval-only: drop the earlier evaluations; the record holds this list alone")
     p.add_argument("--only", metavar="TEXT", help="only runs whose id contains TEXT")
     launch.add_arguments(p)
     args = p.parse_args(argv)
+    if args.replace_evaluations and not args.eval_only:
+        p.error("--replace-evaluations goes with --eval-only (it says what happens to the earlier evaluations)")
     if args.list and args.config is None and _looks_like_config(args.list):
         args.config, args.list = args.list, ""  # `--list configs/x.yaml`: the config, listed after the registries
     return args
@@ -96,9 +103,11 @@ def _main(argv, prog) -> int:
             cfg = load_config(args.config, args.overrides)
             grid = expand_grid(cfg, source=args.config)
         _reproducible_mode(cfg)
+        opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
+        # a data-parallel run is another run than the one-process one: its own id (docs/scaling.md)
+        distributed.tag_run_ids(grid, distributed.planned_world_size(args.launcher, opts.tasks_per_node))
         if args.only:
             grid = select_only(grid, args.only, args.config)
-        opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
         specs, shard = launch.select_runs(grid, args)  # --run-id, --shard, a SLURM array's part, or all
         preflight(specs, args.config)
         device = resolve_device(cfg.device)
@@ -185,7 +194,8 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
                 records.append(failed)
                 continue
             t0 = time.monotonic()
-            outcome = execute_run(spec, device, cache, force=args.force, eval_only=args.eval_only)
+            outcome = execute_run(spec, device, cache, force=args.force, eval_only=args.eval_only,
+                                  replace_evaluations=args.replace_evaluations)
             if outcome.get("status") != LOCKED and not outcome.get("skipped"):
                 progress.ran(time.monotonic() - t0)
             records.append(outcome)
@@ -204,13 +214,14 @@ def _run_specs(args, cfg, grid, specs, shard, device, ddp) -> int:
 def summarize(records: List[Dict], out=print) -> int:
     """The closing lines: counts, and why each run that did not finish stopped.
     The exit status: 0 all finished (or held by other workers), 1 otherwise."""
-    line, not_finished = done_line({r["run_id"]: r.get("status") for r in records})
+    line, not_finished = done_line({str(r.get("run_id")): r.get("status") for r in records})
     out(line)
-    failed = [r for r in records if r["run_id"] in not_finished]
+    failed = [r for r in records if str(r.get("run_id")) in not_finished]
     for r in failed:
-        reason = ((r.get("error") or {}).get("reason") or "no reason recorded").strip().splitlines()[0]
+        error = r.get("error") if isinstance(r.get("error"), dict) else {}
+        reason = str(error.get("reason") or "no reason recorded").strip().splitlines() or ["no reason recorded"]
         kept = " (its earlier record is kept)" if r.get("record_kept") else ""
-        out(f"  {r.get('status')}: {r['run_id']}: {reason}{kept}")
+        out(f"  {r.get('status')}: {r.get('run_id')}: {reason[0]}{kept}")
     return 1 if failed else 0
 
 

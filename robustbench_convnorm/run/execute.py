@@ -9,6 +9,7 @@ import shutil
 import traceback
 from typing import Callable, Dict, Optional
 
+import pandas as pd
 import torch
 
 from .. import atomic, cost, distributed, logs, speed
@@ -16,9 +17,9 @@ from ..checkpoints import CheckpointError
 from ..config import ConfigError, RunSpec, to_dict
 from ..data import DataError, expand_root, load_full, prepare_data
 from ..lock import LOCK_FILE, LockLost, RunLocked, read_lock, worker_identity
-from ..records import LOCKED, RECORD, environment, new_record, read_record, trainable_params, write_json_atomic
+from ..records import LOCKED, RECORD, environment, inspect_record, new_record, trainable_params, write_json_atomic
 from ..registry import RegistryError
-from .evaluation import evaluate_into
+from .evaluation import evaluate_into, kept_evaluations, merge_kept
 
 __all__ = ["PER_EXAMPLE", "LOCKED", "DataCache", "execute_run", "apply_threads"]
 
@@ -44,13 +45,16 @@ class DataCache:
 
 
 def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, force=False, resume=True,
-                eval_only=False, log: Optional[Callable[[str], object]] = None, owner: Optional[str] = None) -> Dict:
+                eval_only=False, log: Optional[Callable[[str], object]] = None, owner: Optional[str] = None,
+                replace_evaluations: bool = False) -> Dict:
     """Train and evaluate one run; always leaves a record saying how it ended.
     The run's lock (lock.py) makes sure one worker alone works on it; a run
     held by a live worker is skipped (status ``locked``, nothing written).
     Messages go to the ``robustbench_convnorm.run`` logger (and to ``log``
     when given); while the lock is held, to the run's run.log too. A run
-    skipped as finished returns its record with ``skipped`` set."""
+    skipped as finished returns its record with ``skipped`` set. ``--eval-only``
+    keeps the earlier evaluators that ``eval.evaluators`` does not list
+    (run/evaluation.py, merge_kept) unless ``replace_evaluations``."""
     say = logs.teller(_log, log)
     run_dir = spec.run_dir
     try:
@@ -66,7 +70,8 @@ def execute_run(spec: RunSpec, device: torch.device, data_cache: DataCache, *, f
         header = f"{spec.run_id}: {what} ({logs.describe_worker(worker_identity(owner))})"
         with logs.run_log(run_dir, header):
             return _execute_locked(spec, device, data_cache, lock, force=force, resume=resume,
-                                   eval_only=eval_only, log=say, owner=owner)
+                                   eval_only=eval_only, log=say, owner=owner,
+                                   replace_evaluations=replace_evaluations)
     except LockLost as err:  # taken over while this worker stalled: the new holder writes
         say(f"[stopped] {err}")
         return {"run_id": spec.run_id, "status": LOCKED, "holder": read_lock(run_dir)}
@@ -117,19 +122,31 @@ def _plot_title(record: Dict, spec: RunSpec) -> str:
 
 
 def _execute_locked(spec: RunSpec, device, data_cache, lock, *, force, resume, eval_only, log,
-                    owner=None) -> Dict:
+                    owner=None, replace_evaluations=False) -> Dict:
     from ..training import train_run
 
     run_dir = spec.run_dir
-    old = read_record(run_dir)
-    if old and old.get("status") == "finished" and not force and not eval_only:
-        log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
-        return dict(old, skipped="finished already")
+    old, problem = inspect_record(run_dir)
+    if problem:  # never taken for the run's outcome: the run is redone (resumed from its checkpoint)
+        log(f"[warning] {spec.run_id}: {problem}; it does not count as this run's outcome and is replaced")
+    damaged = None
+    if old and old.get("status") == "finished" and not force:
+        # results backed by a damaged final checkpoint: resume from the previous good one, re-evaluate
+        from ..checkpoints import final_checkpoint_problem
+        from ..training import CHECKPOINT
+
+        damaged = distributed.agree(final_checkpoint_problem(run_dir / CHECKPOINT))
+        if damaged:
+            log(f"[warning] {spec.run_id}: finished, but {damaged}: resuming from the previous good "
+                f"checkpoint to the end, then re-evaluating")
+        elif not eval_only:
+            log(f"[skip] {spec.run_id}: finished already (use --force to redo, --eval-only to re-evaluate)")
+            return dict(old, run_id=spec.run_id, skipped="finished already")
     apply_threads(spec.config)
     record = new_record(spec, str(device))
     record["worker"] = worker_identity(owner)
-    if eval_only:
-        return _evaluate_only(spec, device, data_cache, lock, record, old, log)
+    if eval_only and not damaged:
+        return _evaluate_only(spec, device, data_cache, lock, record, old, log, replace_evaluations)
     if force and atomic.writes_enabled():  # (DDP: rank 0 alone)
         for path in run_dir.iterdir():
             if path.name not in _KEPT_BY_FORCE:
@@ -187,11 +204,14 @@ def _tensorboard(spec: RunSpec, record: Dict) -> None:
     log_record(spec.config, spec.run_dir, record)
 
 
-def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) -> Dict:
+def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log, replace_evaluations=False) -> Dict:
     """--eval-only: evaluate the finished checkpoint into a new record held in
     memory; record.json and per_example.csv are replaced only once it is
-    complete. On failure or Ctrl-C the record on disk stays as it was (a
-    failed record is written only where there was none)."""
+    complete. The earlier record's evaluators that the config no longer lists
+    are kept, outcomes and all, and the worst case is recomputed over every
+    evaluator (run/evaluation.py, merge_kept); ``replace_evaluations`` drops
+    them. On failure or Ctrl-C the record on disk stays as it was (a failed
+    record is written only where there was none)."""
     from ..checkpoints import check_run_config
     from ..training import CHECKPOINT
 
@@ -222,6 +242,11 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         return record
 
     try:
+        kept = [] if replace_evaluations else kept_evaluations(old, spec.config)
+        old_table = pd.read_csv(per_example_path) if kept and per_example_path.exists() else None
+        if kept and old_table is None:
+            raise ValueError(f"{per_example_path} is missing, so the outcomes of the kept evaluator(s) "
+                             f"{', '.join(kept)} are lost: re-run every evaluator (--replace-evaluations)")
         data, meta, model, forward, switches = _prepare_model(spec, device, data_cache, record, log)
         ckpt_path = run_dir / CHECKPOINT
         ckpt, used, record["checkpoint_notes"] = distributed.load_latest(ckpt_path, map_location=device, log=log)
@@ -234,6 +259,10 @@ def _evaluate_only(spec: RunSpec, device, data_cache, lock, record, old, log) ->
         model.load_state_dict(ckpt["model"])
         per_example = evaluate_into(record, model, data, spec.config, device, log, run_dir,
                                     title=_plot_title(record, spec))
+        if kept:
+            per_example = merge_kept(record, per_example, old, old_table, kept, spec.config)
+            log(f"  kept the earlier evaluation(s) {', '.join(kept)} (--replace-evaluations drops them); "
+                f"worst_case_acc {record['metrics']['worst_case_acc']:.2f} over all of them")
         record.setdefault("cost", {})["eval_seconds"] = cost.eval_seconds(record.get("evaluations") or {})
         lock.ensure_held()
         replaced["old"] = per_example_path.read_bytes() if per_example_path.exists() else None

@@ -64,10 +64,13 @@ class Method:
 
     def _global_draw(self, draw, x):
         """``draw(shape)`` for this batch; under DDP drawn for the global batch and
-        sliced to this rank's rows, so the generator stays in lockstep on every rank."""
+        sliced to this rank's rows, so the generator stays in lockstep on every rank
+        (a rank with a weight-0 stand-in example draws too, and gets zeros)."""
         shape = x.shape if self.shard is None else (self.shard.n,) + tuple(x.shape[1:])
         values = draw(shape)
-        return values if self.shard is None else values[self.shard.lo:self.shard.hi]
+        if self.shard is None:
+            return values
+        return torch.zeros_like(x) if self.shard.empty else values[self.shard.lo:self.shard.hi]
 
     def global_rand(self, x):
         """Uniform [0, 1) noise shaped like ``x`` from the method's generator (see _global_draw)."""
@@ -77,9 +80,17 @@ class Method:
         """Standard normal noise shaped like ``x`` from the method's generator (see _global_draw)."""
         return self._global_draw(lambda shape: torch.randn(shape, generator=self.generator, device=x.device), x)
 
-    @staticmethod
-    def tally(loss, logits, y):
+    def tally(self, loss, logits, y):
+        if self.shard is not None and self.shard.empty:  # DDP: a stand-in example counts for nothing
+            return loss * 0, (logits.argmax(1) == y).sum() * 0, 0
         return loss * len(y), (logits.argmax(1) == y).sum(), len(y)
+
+    def rows(self, b: int):
+        """Rows [lo, hi) of the global batch this process perturbs (all ``b`` in a
+        plain process), and whether its input is a weight-0 stand-in (DDP)."""
+        if self.shard is None:
+            return 0, b, False
+        return self.shard.lo, self.shard.hi, self.shard.empty
 
 
 @METHODS.register("natural")
@@ -113,28 +124,30 @@ class Free(Method):
         b = len(y)
         # rows of delta this process perturbs: the batch (a smaller last batch
         # uses a prefix), or under DDP this rank's slice of the global batch
-        lo, hi = (0, b) if self.shard is None else (self.shard.lo, self.shard.hi)
+        lo, hi, stand_in = self.rows(b)
         if self.delta is None:
             self.delta = torch.zeros((self.cfg.batch_size,) + tuple(x.shape[1:]), device=x.device)
         if self.cfg.reset_delta:
             self.delta.zero_()
         loss_sum = correct = 0
         for _ in range(self.cfg.replays):
-            d = self.delta[lo:hi].clone().requires_grad_(True)
+            # a stand-in example (weight 0) gets a perturbation of its own, written nowhere
+            d = (torch.zeros_like(x) if stand_in else self.delta[lo:hi].clone()).requires_grad_(True)
             loss, logits = self.loss((x + d).clamp(0, 1), y)
             total = self.weighted(loss) + self.penalty()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
             self.scheduler.step()
-            with torch.no_grad():
-                self.delta[lo:hi] = (d + self.step * d.grad.sign()).clamp(-self.eps, self.eps)
+            if not stand_in:
+                with torch.no_grad():
+                    self.delta[lo:hi] = (d + self.step * d.grad.sign()).clamp(-self.eps, self.eps)
             l, c, _ = self.tally(loss.detach(), logits.detach(), y)
             loss_sum, correct = loss_sum + l, correct + c
         if self.shard is not None:  # every rank keeps the whole batch's delta: checkpoints, uneven batches
             with torch.no_grad():
                 self.delta[:self.shard.n] = self.shard.gather(self.delta[lo:hi])
-        return loss_sum, correct, b * self.cfg.replays
+        return loss_sum, correct, (0 if stand_in else b) * self.cfg.replays
 
     def state_dict(self):
         state = super().state_dict()
