@@ -32,7 +32,7 @@ def records(out_dir):
 
 def comparable(rec):
     """A record without what differs between two executions of one run."""
-    drop = {"timings", "created", "git_sha", "config", "evaluations", "worker"}
+    drop = {"timings", "cost", "created", "git_sha", "config", "evaluations", "worker"}
     out = {k: v for k, v in rec.items() if k not in drop}
     out["evaluations"] = {k: {kk: vv for kk, vv in v.items() if "seconds" not in kk}
                           for k, v in rec["evaluations"].items()}
