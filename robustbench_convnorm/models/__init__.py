@@ -1,5 +1,5 @@
-"""Model builders (resnet18, vgg16, convnet); each registers itself."""
-from . import convnet, resnet, vgg  # noqa: F401  (registration)
+"""Model builders (resnet18, vgg16, convnet, lipconvnet); each registers itself."""
+from . import convnet, lipconvnet, resnet, vgg  # noqa: F401  (registration)
 from .registry import MODELS, build_model, list_models, register_model
 
 __all__ = ["MODELS", "build_model", "list_models", "register_model"]
