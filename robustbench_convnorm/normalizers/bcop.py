@@ -82,9 +82,11 @@ class BCOPConv2d(nn.Module):
         self.ortho = nn.Parameter(torch.empty(c, c))
         nn.init.orthogonal_(self.ortho)
         # 2 (k-1) projectors of rank C/2 (at least 1).
-        self.projections = nn.Parameter(torch.empty(2 * (kh - 1), c, max(1, c // 2)))
-        for m in self.projections.data:
-            nn.init.orthogonal_(m)
+        self.projections = None  # a 1 x 1 layer is H alone
+        if kh > 1:
+            self.projections = nn.Parameter(torch.empty(2 * (kh - 1), c, max(1, c // 2)))
+            for m in self.projections.data:
+                nn.init.orthogonal_(m)
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
 
     def kernel(self) -> torch.Tensor:
