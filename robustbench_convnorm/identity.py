@@ -26,9 +26,23 @@ NOT_IN_RUN_ID = ("eval", "device", "speed", "output_dir", "name", "grid", "threa
 NOT_IN_RUN_ID_TRAIN = ("stop_after_epochs", "checkpoint_every")
 
 
+#: Keys added after runs were made, left out of the identity while at these
+#: defaults, so that the runs made before them keep their ids.
+OMITTED_AT_DEFAULT = {
+    "model": {"options": {}},
+    "train": {"loss": "cross_entropy", "loss_margin": 36 / 255, "loss_temperature": 0.25},
+}
+
+
 def run_identity(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The part of a resolved config that the run id hashes (a new dict)."""
     ident = copy.deepcopy(dict(config))
+    for section, defaults in OMITTED_AT_DEFAULT.items():
+        part = ident.get(section)
+        if isinstance(part, dict):
+            for key, default in defaults.items():
+                if key in part and part[key] == default:
+                    part.pop(key)
     for key in NOT_IN_RUN_ID:
         ident.pop(key, None)
     train = ident.get("train")
