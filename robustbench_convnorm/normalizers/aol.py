@@ -18,9 +18,11 @@ orthogonal ("almost orthogonal" near such P).
 
 Options: ``eps`` (added to the row sums before the inverse square root,
 guards an all-zero channel; 1e-6 as in the authors' code) and
-``identity_init`` (AOL's initialisation: a kernel with identity at the
-centre tap, as the paper recommends for deep AOL networks; False keeps
-``nn.Conv2d``'s default initialisation).
+``identity_init`` (the identity at the centre tap, ``nn.init.dirac_``, as
+the authors' code initialises AOL; False keeps ``nn.Conv2d``'s default
+initialisation). Known difference from the comparison paper's code: the
+padding is the model's (zero padding in the project's models) where that
+code pads circularly; the bound holds for either.
 """
 from __future__ import annotations
 
@@ -53,12 +55,9 @@ class AOLConv2d(nn.Module):
         self.stride, self.padding, self.eps = pair(stride), pair(padding), float(eps)
         self.weight = nn.Parameter(torch.empty(self.out_channels, self.in_channels, kh, kw))
         if identity_init:
-            # The identity at the centre tap (as far as the channels allow) plus
-            # small noise so that the channels do not stay tied.
-            nn.init.normal_(self.weight, std=1e-2 / math.sqrt(self.in_channels * kh * kw))
-            with torch.no_grad():
-                n = min(self.in_channels, self.out_channels)
-                self.weight[torch.arange(n), torch.arange(n), kh // 2, kw // 2] += 1.0
+            # The identity at the centre tap, as far as the channels allow
+            # (``dirac_``, the authors' initialisation): the layer starts orthogonal.
+            nn.init.dirac_(self.weight)
         else:
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
