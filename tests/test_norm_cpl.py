@@ -30,6 +30,17 @@ def test_jacobian_norm_at_most_one_and_bound_sound(scale):
     norms = jacobian_norms(block)
     assert max(norms) <= 1 + 1e-6
     assert block.lipschitz_bound() >= max(norms) - 1e-9
+    assert block.lipschitz_bound() < 1.02  # tight: the exact dense norm at this size
+
+
+def test_the_circular_bound_is_sound_for_the_zero_padded_conv():
+    block = _block(3.0)
+    k = block.kernel
+    exact = cpl_module.zero_padded_norm_squared(k, 5, 5)
+    assert cpl_module.circular_norm_squared(k, 6, 6) >= exact - 1e-9
+    from operators import explicit_operator, singular_values
+    conv = lambda x: torch.nn.functional.conv2d(x, k.detach(), padding=1)
+    assert exact == pytest.approx(float(singular_values(explicit_operator(conv, (4, 5, 5))).max()) ** 2)
 
 
 def test_a_missing_rescaling_is_caught(monkeypatch):
