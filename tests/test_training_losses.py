@@ -43,7 +43,8 @@ def test_every_method_trains_on_the_configured_loss(method):
 def test_run_ids_without_the_new_keys_are_unchanged():
     base = {"model": {"arch": "convnet"}, "normalizers": [{"name": "vanilla"}]}
     plain = make_run_id(config_from_dict(base))
-    # the id a config made before train.loss and model.options existed gets (main at 49f8d75)
+    # the id this config had before train.loss and model.options existed (main at 49f8d75)
+    assert plain == "digits-convnet-vanilla-natural-s0-43672e4d"
     assert plain == make_run_id(config_from_dict({**base, "train": {"loss": "cross_entropy"},
                                                   "model": {"arch": "convnet", "options": {}}}))
     changed = make_run_id(config_from_dict({**base, "train": {"loss": "offset_cross_entropy"}}))
