@@ -60,6 +60,9 @@ def test_u_follows_the_input_size_through_a_state_dict():
     assert fresh.u.shape == (1, 4, 5, 5)
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(fresh.eval()(x), block(x))
+    fresh = get_normalizer("cpl").block(4, 3).double()
+    fresh.load_state_dict(block.state_dict())
+    assert fresh.lipschitz_bound() == pytest.approx(block.lipschitz_bound())  # size from u
 
 
 @pytest.mark.parametrize("arch,options", [("lipconvnet", TINY_LIPCONVNET), ("resnet18", {"width": 0.125})])

@@ -37,9 +37,14 @@ def test_a_wrong_newton_step_is_caught(monkeypatch):
                                                              atol=1e-6)
 
 
-def test_lipschitz_bound_needs_a_forward_first():
+def test_lipschitz_bound_needs_a_forward_first_and_survives_a_state_dict():
+    layer = get_normalizer("lot").conv(4, 4, 3, padding=1)
     with pytest.raises(RuntimeError, match="forward"):
-        get_normalizer("lot").conv(4, 4, 3, padding=1).lipschitz_bound()
+        layer.lipschitz_bound()
+    layer(torch.randn(1, 4, 6, 6))
+    fresh = get_normalizer("lot").conv(4, 4, 3, padding=1)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.lipschitz_bound() == pytest.approx(layer.lipschitz_bound(), abs=1e-12)
 
 
 @pytest.mark.parametrize("arch,options", [("lipconvnet", TINY_LIPCONVNET), ("resnet18", {"width": 0.125})])

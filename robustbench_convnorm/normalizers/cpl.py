@@ -149,6 +149,8 @@ class CPLBlock(nn.Module):
     def lipschitz_bound(self) -> float:
         """max(1, 2 B / sigma^2 - 1) for the evaluation-mode sigma (see the
         module docstring); needs one forward first (the input size)."""
+        if self._last_size is None and self.u.dim() == 4:
+            self._last_size = tuple(self.u.shape[-2:])  # a loaded model: u has the input's size
         if self._last_size is None:
             raise RuntimeError("cpl: lipschitz_bound needs the input size: run one forward pass first")
         h, w = self._last_size

@@ -31,8 +31,6 @@ authors scale by a fixed constant; no separate evaluation iteration count.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 
 from .base import Normalizer
@@ -59,7 +57,10 @@ class LOTConv2d(CayleyConv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         self.alpha = None  # Cayley's scale: Q does not depend on the kernel's scale here
         self.iterations = int(iterations)
-        self._last_grid: Optional[Tuple[int, int]] = None
+        # The last (height, width) seen after space-to-depth, kept in the state
+        # dict so that lipschitz_bound works on a model loaded from a checkpoint.
+        self.register_buffer("last_grid", torch.zeros(2, dtype=torch.long))
+        self._grid_written = None
 
     def orthogonal_matrices(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
@@ -67,7 +68,9 @@ class LOTConv2d(CayleyConv2d):
             return lot_orthogonalize(self._kernel_transform(height, width, cdtype), self.iterations)
 
     def _q(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        self._last_grid = (height, width)
+        if self._grid_written != (height, width):  # a Python check: no device sync per forward
+            self.last_grid.copy_(torch.tensor([height, width]))
+            self._grid_written = (height, width)
         cacheable = (not self.training) or (not torch.is_grad_enabled())
         if not cacheable:
             self._cache.clear()
@@ -79,11 +82,13 @@ class LOTConv2d(CayleyConv2d):
     def lipschitz_bound(self) -> float:
         """The layer's exact operator norm on the last input size seen: the
         largest singular value of Q(w) over every frequency (float64 SVD).
-        Stride and channel handling are permutations. Before any forward the
-        size is unknown: an error says so."""
-        if self._last_grid is None:
+        Stride and channel handling are permutations. The size is the buffer
+        ``last_grid`` (saved with the model); before any forward it is
+        unknown and an error says so."""
+        height, width = self.last_grid.tolist()
+        if height == 0:
             raise RuntimeError("lot: lipschitz_bound needs the input size: run one forward pass first")
-        q = self.orthogonal_matrices(*self._last_grid, dtype=torch.float64)
+        q = self.orthogonal_matrices(height, width, dtype=torch.float64)
         return float(torch.linalg.svdvals(q).max())
 
     def extra_repr(self) -> str:
