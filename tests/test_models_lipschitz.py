@@ -108,3 +108,15 @@ def test_model_options_come_from_the_config():
     model = build_run_model(cfg, {"num_classes": 10, "in_channels": 1, "mean": [0.5], "std": [0.25]})
     assert any(isinstance(m, GroupSort) for m in model.modules())
     assert model.head.in_channels == round(32 * 32 * 0.125)
+
+
+def test_list_shows_every_new_layer_and_architecture_with_options(capsys):
+    from robustbench_convnorm import run
+    assert run.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name, options in [("aol", "identity_init"), ("soc", "train_terms"), ("lot", "iterations"),
+                          ("bcop", "bjorck_iterations"), ("sll", "eps"), ("cpl", "eval_iterations"),
+                          ("lipconvnet", "activation"), ("preact_resnet18", "width"), ("wide_resnet", "depth")]:
+        block = out.split(f"  {name}:", 1)
+        assert len(block) == 2, name
+        assert options in block[1].split("\n  ", 2)[1], (name, options)
