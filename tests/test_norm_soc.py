@@ -2,7 +2,6 @@
 series, within the tail bound ``lipschitz_bound`` reports; a non-skew kernel
 is caught; it trains in the ConvNet family and ResNet-18."""
 import pytest
-import torch
 
 from lipschitz_layer_util import TINY_LIPCONVNET, conv_singular_values, trains_in
 from operators import explicit_operator, singular_values

@@ -54,5 +54,6 @@ def test_run_ids_without_the_new_keys_are_unchanged():
 
 def test_quickstart_run_ids_are_those_of_before():
     from robustbench_convnorm.config import expand_grid, load_config
-    ids = [s.run_id for s in expand_grid(load_config(str(Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml")))]
+    path = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+    ids = [s.run_id for s in expand_grid(load_config(str(path)))]
     assert ids[:2] == ["digits-convnet-vanilla-free-s0-0f0d875d", "digits-convnet-bn-bn-free-s0-bd92a589"]

@@ -19,7 +19,6 @@ layers and InputNormalize is 1-Lipschitz and says so (``lipschitz_bound``).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

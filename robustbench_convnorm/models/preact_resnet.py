@@ -43,7 +43,8 @@ class PreActResNet(nn.Module):
         for i, (planes, n) in enumerate(zip(widths, num_blocks)):
             blocks = []
             for j in range(n):
-                blocks.append(PreActBlock(normalizer, in_planes, planes, 2 if (i > 0 and j == 0) else 1, batchnorm))
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(PreActBlock(normalizer, in_planes, planes, stride, batchnorm))
                 in_planes = planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers

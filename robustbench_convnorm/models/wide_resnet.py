@@ -29,7 +29,8 @@ class WideResNet(nn.Module):
         for i, planes in enumerate(widths[1:]):
             blocks = []
             for j in range(n):
-                blocks.append(PreActBlock(normalizer, in_planes, planes, 2 if (i > 0 and j == 0) else 1, batchnorm))
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(PreActBlock(normalizer, in_planes, planes, stride, batchnorm))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = stages

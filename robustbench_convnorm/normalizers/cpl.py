@@ -38,7 +38,6 @@ fixed seed (reproducible without drawing from the global RNG).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -164,7 +163,8 @@ class CPLBlock(nn.Module):
         return max(1.0, t * bound_sq - 1.0)
 
     def extra_repr(self):
-        return f"{self.channels}, kernel_size={tuple(self.kernel.shape[-2:])}, eval_iterations={self.eval_iterations}"
+        return (f"{self.channels}, kernel_size={tuple(self.kernel.shape[-2:])}, "
+                f"eval_iterations={self.eval_iterations}")
 
 
 @register_normalizer("cpl")
