@@ -87,6 +87,9 @@ def zero_padded_norm_squared(kernel: torch.Tensor, height: int, width: int) -> f
 class CPLBlock(nn.Module):
     """h(x) = x - 2/||W||^2 W ReLU(W^T x + b) with ||W|| by power iteration."""
 
+    #: a buffer resized by input size and a Python-side cache: torch.compile leaves it eager (speed.py)
+    compile_eager = True
+
     def __init__(self, channels: int, kernel_size: int = 3, *, eval_iterations: int = 100, eps: float = 1e-6):
         super().__init__()
         if kernel_size % 2 == 0:
