@@ -87,6 +87,17 @@ def test_preact_and_wide_resnets_build_through_the_normalizer(arch, options, nam
     out.sum().backward()
 
 
+@pytest.mark.parametrize("arch,options", [("preact_resnet18", {"width": 0.125}),
+                                          ("wide_resnet", {"width": 0.125, "depth": 10, "widen_factor": 2})])
+def test_activation_is_a_model_option(arch, options):
+    model = _build(arch, "vanilla", in_channels=3, activation="maxmin", **options)
+    acts = [m for m in model.modules() if isinstance(m, MaxMin)]
+    assert acts and not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 4)
+    with pytest.raises(ValueError, match="activation"):
+        _build(arch, "vanilla", in_channels=3, activation="swish", **options)
+
+
 def test_wide_resnet_depth_and_width():
     model = build_model("wide_resnet", get_normalizer("vanilla"), num_classes=10, in_channels=3,
                         mean=[0.5] * 3, std=[0.25] * 3, batchnorm=True, depth=34, widen_factor=10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from .activations import make_activation
 from .common import InputNormalize, make_conv, norm_layer, scaled
 from .preact_resnet import PreActBlock
 from .registry import register_model
@@ -17,7 +18,7 @@ from .registry import register_model
 
 class WideResNet(nn.Module):
     def __init__(self, normalizer, depth, widen_factor, num_classes, in_channels, mean, std, batchnorm,
-                 width=1.0):
+                 width=1.0, activation="relu"):
         super().__init__()
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"wide_resnet: depth must be 6n + 4 (10, 16, 22, 28, 34, ...), got {depth}")
@@ -30,22 +31,24 @@ class WideResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(PreActBlock(normalizer, in_planes, planes, stride, batchnorm))
+                blocks.append(PreActBlock(normalizer, in_planes, planes, stride, batchnorm, activation))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = stages
         self.bn = norm_layer(in_planes, batchnorm)
+        self.act = make_activation(activation)
         self.linear = nn.Linear(in_planes, num_classes)
 
     def forward(self, x):
         out = self.block3(self.block2(self.block1(self.conv1(self.normalize(x)))))
-        out = F.relu(self.bn(out))
+        out = self.act(self.bn(out))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
 @register_model("wide_resnet")
 def wide_resnet(normalizer, num_classes, in_channels, mean, std, batchnorm, width=1.0, depth=28,
-                widen_factor=10):
-    """WRN-``depth``-``widen_factor`` (28-10 by default; 34-10 with depth: 34)."""
+                widen_factor=10, activation="relu"):
+    """WRN-``depth``-``widen_factor`` (28-10 by default; 34-10 with depth: 34); ``activation``
+    relu | maxmin | groupsort."""
     return WideResNet(normalizer, int(depth), int(widen_factor), num_classes, in_channels, mean, std,
-                      batchnorm, width)
+                      batchnorm, width, activation)
