@@ -2,6 +2,11 @@
 
     python -m benchmarks.normalizers [--batches 128,512] [--width W] [--size 32]
         [--steps N] [--warmup N] [--threads N] [--amp auto|off|bf16] [--only a,b] [--no-memory]
+        [--arch resnet18|lipconvnet|... --model-options JSON]
+
+The 1-Lipschitz layers (aol, soc, lot, bcop, sll, cpl) are measured in the
+comparison's ConvNet with ``--arch lipconvnet --model-options '{"size": "xs"}'``
+(sll and cpl are residual blocks there; in ResNet-18 they are AOL convs).
 
 One replay (``benchmarks/replay.py``) is one step of the project's ``free``
 training method: forward on x + delta, cross-entropy plus the normalizer's
@@ -86,7 +91,8 @@ def cpu_memory_child(args) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     replay = FreeReplay(args.memory_child, batch=args.memory_batch, width=args.width,
-                        device=torch.device("cpu"), size=args.size, amp=args.amp)
+                        device=torch.device("cpu"), size=args.size, amp=args.amp, arch=args.arch,
+                        model_options=json.loads(args.model_options))
     replay.method.delta = torch.zeros((args.memory_batch, 3, args.size, args.size))
     start = _rss_bytes()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -110,7 +116,8 @@ def cpu_memory_child(args) -> Dict:
 
 def cpu_memory(name: str, batch: int, args) -> Dict:
     cmd = [sys.executable, "-m", "benchmarks.normalizers", "--memory-child", name, "--memory-batch", str(batch),
-           "--width", str(args.width), "--size", str(args.size), "--amp", args.amp]
+           "--width", str(args.width), "--size", str(args.size), "--amp", args.amp, "--arch", args.arch,
+           "--model-options", args.model_options]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     root = Path(__file__).resolve().parents[1]
@@ -137,6 +144,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=float, default=None,
                    help="ResNet-18 width multiplier (default: 1.0 on CUDA, 0.25 on CPU)")
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--arch", default="resnet18", help="the model (e.g. lipconvnet for the 1-Lipschitz layers)")
+    p.add_argument("--model-options", default="{}", help='the model\'s options as JSON, e.g. \'{"size": "xs"}\'')
     p.add_argument("--steps", type=int, default=None, help="timed repeats (default: 20 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed replays first (default: 5 on CUDA, 1 on CPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch's default)")
@@ -178,7 +187,8 @@ def main(argv=None) -> int:
         print(f"# batch {batch}: {len(names)} normalizers on {device}, width {args.width}, "
               f"{args.warmup} warm-up + {args.steps} timed replays", file=sys.stderr, flush=True)
         replays = {name: FreeReplay(name, batch=batch, width=args.width, device=device, size=args.size,
-                                    amp=args.amp) for name in names}
+                                    amp=args.amp, arch=args.arch, model_options=json.loads(args.model_options))
+                   for name in names}
         times = time_interleaved({n: r.step for n, r in replays.items()}, device,
                                  warmup=args.warmup, repeats=args.steps)
         saved = {name: saved_for_backward_bytes(r) for name, r in replays.items()}
@@ -198,7 +208,8 @@ def main(argv=None) -> int:
         for name in names:
             t = median(times[name])
             table.add({
-                "normalizer": name, "batch": batch, "image_size": args.size, "width": args.width,
+                "normalizer": name, "arch": args.arch, "batch": batch, "image_size": args.size,
+                "width": args.width,
                 "dtype": dtype, "warmup": args.warmup, "steps": args.steps,
                 "median_ms": round(t, 2), "min_ms": round(min(times[name]), 2),
                 "max_ms": round(max(times[name]), 2),
@@ -215,7 +226,7 @@ def main(argv=None) -> int:
     print(table.markdown(
         ["normalizer", "batch", "images_per_s", "median_ms", "time_vs_vanilla", "peak_mem_mb", "mem_vs_vanilla",
          "saved_for_backward_mb"],
-        title=f"Free-AT replay, ResNet-18 width {args.width}, {dtype}, {args.size}x{args.size}, "
+        title=f"Free-AT replay, {args.arch} {args.model_options} width {args.width}, {dtype}, {args.size}x{args.size}, "
               f"median of {args.steps} after {args.warmup} warm-up"))
     return 0
 

@@ -70,12 +70,14 @@ class FreeReplay:
 
     def __init__(self, normalizer: str, *, batch: int, width: float, device: torch.device, size: int = 32,
                  arch: str = "resnet18", amp: str = "auto", speed_cfg: Optional[SpeedConfig] = None,
-                 seed: int = 0, options: Optional[Dict] = None, compile_backend: str = "inductor"):
+                 seed: int = 0, options: Optional[Dict] = None, compile_backend: str = "inductor",
+                 model_options: Optional[Dict] = None):
         torch.manual_seed(seed)
         self.device = device
         self.normalizer = get_normalizer(normalizer, **(options or {}))
         self.model = build_model(arch, self.normalizer, num_classes=10, in_channels=3, mean=CIFAR_MEAN,
-                                 std=CIFAR_STD, batchnorm=False, width=width).to(device)
+                                 std=CIFAR_STD, batchnorm=False, width=width,
+                                 **(model_options or {})).to(device)
         self.model.train()
         self.switches = speed.for_model(speed.resolve(speed_cfg or SpeedConfig(), device, normalizer), self.model,
                                         device, log=lambda *_: None)

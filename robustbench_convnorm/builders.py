@@ -19,6 +19,7 @@ def build_run_model(cfg, meta: Dict[str, Any]):
     normalizer = get_normalizer(entry.name, **entry.options)
     model = build_model(cfg.model.arch, normalizer, num_classes=meta["num_classes"],
                         in_channels=meta["in_channels"], mean=meta["mean"], std=meta["std"],
-                        batchnorm=cfg.batchnorm, width=cfg.model.width)
+                        batchnorm=cfg.batchnorm, width=cfg.model.width,
+                        **getattr(cfg.model, "options", {}))
     model.normalizer = normalizer  # the penalty needs it; not a module, so not in the state dict
     return model

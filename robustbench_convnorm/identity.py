@@ -36,6 +36,10 @@ ADDED_KEYS: Dict[str, Any] = {
     "train.budget": None,
     "train.select": "last",
     "train.ema": None,
+    "train.loss": "cross_entropy",
+    "train.loss_margin": 36 / 255,
+    "train.loss_temperature": 0.25,
+    "model.options": {},
 }
 
 

@@ -51,8 +51,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = _opt("convnet", doc="resnet18, vgg16 or convnet")
+    arch: str = _opt("convnet", doc="resnet18, vgg16, convnet, lipconvnet, preact_resnet18 or wide_resnet")
     width: float = _opt(1.0, min=0.0, min_exclusive=True, doc="channel width multiplier")
+    options: Dict[str, Any] = _opt(factory=dict, doc="the architecture's options (--list), e.g. lipconvnet: "
+                                                     "{size: xs, stages: 3, activation: maxmin}")
 
 
 @dataclass
@@ -101,6 +103,11 @@ class TrainConfig:
     ema: Optional[float] = _opt(None, min=0.0, max=1.0, min_exclusive=True,
                                 doc="exponential moving average of the weights with this decay per optimizer "
                                     "step (e.g. 0.999), evaluated instead of the raw weights (null: off)")
+    loss: str = _opt("cross_entropy", choices=["cross_entropy", "offset_cross_entropy"],
+                     doc="offset_cross_entropy: CE on logits with sqrt(2)*loss_margin taken off the true class, "
+                         "at loss_temperature (1-Lipschitz training, training/losses.py)")
+    loss_margin: float = _opt(36 / 255, min=0.0, doc="offset_cross_entropy: the L2 radius m (offset sqrt(2) m)")
+    loss_temperature: float = _opt(0.25, min=0.0, min_exclusive=True, doc="offset_cross_entropy: temperature")
     stop_after_epochs: Optional[int] = _opt(None, min=0,
                                             doc="stop (resumably) after this many epochs in this process")
 

@@ -1,5 +1,6 @@
-"""Model builders (resnet18, vgg16, convnet); each registers itself."""
-from . import convnet, resnet, vgg  # noqa: F401  (registration)
+"""Model builders (resnet18, vgg16, convnet, lipconvnet, preact_resnet18,
+wide_resnet); each registers itself."""
+from . import convnet, lipconvnet, preact_resnet, resnet, vgg, wide_resnet  # noqa: F401  (registration)
 from .registry import MODELS, build_model, list_models, register_model
 
 __all__ = ["MODELS", "build_model", "list_models", "register_model"]

@@ -22,6 +22,10 @@ class InputNormalize(nn.Module):
     def forward(self, x):
         return (x - self.mean) / self.std
 
+    def lipschitz_bound(self) -> float:
+        """1 / the smallest std: the L2 constant of the per-channel scaling."""
+        return float(1.0 / self.std.min())
+
 
 def make_conv(normalizer: Normalizer, role: str, in_channels: int, out_channels: int,
               kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Module:

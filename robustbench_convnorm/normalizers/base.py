@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -30,6 +30,13 @@ class Normalizer:
     def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
              padding: int = 0, bias: bool = False) -> nn.Module:
         raise NotImplementedError
+
+    def block(self, channels: int, kernel_size: int = 3) -> Optional[nn.Module]:
+        """A whole layer that maps ``channels`` to ``channels`` at the same
+        size (e.g. a residual 1-Lipschitz layer, SLL/CPL), for architectures
+        built from such layers (``lipconvnet``); None (the default): the model
+        uses ``conv`` and its own activation instead."""
+        return None
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """Extra loss term; zero for normalizers that need none."""

@@ -37,7 +37,8 @@ def preflight(specs: List[RunSpec], source: str) -> None:
     for spec in specs:
         cfg = spec.config
         try:
-            key = json.dumps([to_dict(cfg.normalizers[0]), cfg.model.arch, cfg.batchnorm, cfg.model.width],
+            key = json.dumps([to_dict(cfg.normalizers[0]), cfg.model.arch, cfg.batchnorm, cfg.model.width,
+                              getattr(cfg.model, "options", {})],
                              sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)

@@ -97,8 +97,8 @@ def _evaluators() -> Section:
 def _models() -> Section:
     from ..models import MODELS
 
-    return Section("models", "model: {arch: NAME, width: W}", ("models", "model", "archs"),
-                   _entries(MODELS, fixed=_MODEL_FIXED))
+    return Section("models", "model: {arch: NAME, width: W, options: {OPTION: VALUE}}",
+                   ("models", "model", "archs"), _entries(MODELS, fixed=_MODEL_FIXED))
 
 
 def _sources() -> Section:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import Registry
+from .losses import training_loss
 
 METHODS: Registry = Registry("training method")
 
@@ -30,6 +31,7 @@ class Method:
         # Under DDP: this rank's slice of the current global batch
         # (distributed.BatchShard: lo, hi, n, weight, gather); None otherwise.
         self.shard = None
+        self.criterion = training_loss(train_cfg)  # train.loss (losses.py)
 
     @staticmethod
     def optimizer_steps_per_batch(train_cfg) -> int:
@@ -39,7 +41,7 @@ class Method:
     def loss(self, x, y):
         with self.autocast():
             logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = self.criterion(logits.float(), y)
         return loss, logits
 
     def weighted(self, loss):
