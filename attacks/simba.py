@@ -13,14 +13,19 @@ at once and leaves the pool when it stops. The pool is not refilled from the
 next chunk, so that a chunk's outcome depends on the chunk alone and chunks
 can be split between processes.
 
-The outcome does not depend on the batch size only up to float rounding: a
-model's float32 outputs for one image can differ in the last bits with the
-batch it is computed in (other kernels, other summation orders), such a
-difference can flip a close comparison between two scores, and the image's
-path diverges from there. Runs at batch sizes 1, 7 and 50 are not
-bit-identical; on the trained quickstart models up to 17% of the outcomes
-differed (docs/evaluators.md). Per-image outcomes are reproducible at
-one batch size, on one rank or several.
+The batch size: a model's float32 outputs for one image can differ in the
+last bits with the batch it is computed in (other kernels, other summation
+orders, ConvNorm's rfft2). A step that changes no pixel ties in exact
+arithmetic and is never accepted, and every query is built the same way
+(``_simba_core``), so that noise no longer decides ties; only a real step
+whose score change is within rounding could still part two batch sizes.
+``tests/test_simba_batch_invariance.py`` checks batch 1 against batch 4 for
+every normalizer. Per-image outcomes are reproducible at one batch size, on
+one rank or several.
+
+The step rule (``step_rule``): ``minus_first``, the paper's Algorithm 1
+(default), or ``best_of_both``, the authors' batched code, which made the
+ConvNorm paper's Table 2 (``configs/simba.yaml``); docs/evaluators.md.
 """
 from __future__ import annotations
 
