@@ -420,3 +420,13 @@ def test_a_defeated_search_is_not_confirmed_and_stays_above_its_floor(monkeypatc
     assert res.blind * 7 == pytest.approx(0.57 * 7, rel=1e-6)
     assert res.rounds == 2 and not res.confirmed
     assert res.floor * 7 >= 0.999 * exact and res.value >= res.floor
+
+
+@pytest.mark.slow
+def test_hidden_family_on_30_seeds_and_wider_channels():
+    for seed in range(30):
+        for r in (3, 8):
+            w = hidden_7x7(seed, r=r)
+            res = lip.hopm_search(w, generator=torch.Generator().manual_seed(seed))
+            assert res.value * 7 >= max(_exact_norms(w).values()) * (1 - 1e-9), (seed, r)
+            assert not res.confirmed or res.value * 7 == pytest.approx(7.0, rel=1e-6), (seed, r)
