@@ -3,11 +3,32 @@ sees only the model's scores. The evaluator around it is ``attacks.simba``.
 
 For each image, a random order over the coordinates of a basis (pixels, or
 the full-image orthonormal 2-D DCT of each channel) is given. Iteration k
-takes the k-th coordinate q of the image's order and tries ``delta - step*q``;
-it is accepted if the image's score drops, else ``delta + step*q`` is tried
-and accepted if the score drops; otherwise delta stays. Queries are counted
-as the reference does: 1 for an iteration whose minus step is accepted, else
-2. Before each iteration the image is checked for success (top-1 logit no
+takes the k-th coordinate q of the image's order and, by the step rule:
+
+* ``minus_first`` (the paper's Algorithm 1, and the authors' one-image
+  ``simba_single``): tries ``delta - step*q``, accepted if the image's score
+  drops; only if it is not accepted, tries ``delta + step*q``, accepted if
+  the score drops below the current one.
+* ``best_of_both`` (the authors' batched ``simba_batch``, which made the
+  published tables): queries both; the minus step is accepted if its score
+  is below the current one, and the plus step replaces it if its score is
+  below both the current score and the minus step's. So a plus step that
+  beats an accepted minus step wins, which ``minus_first`` never tries.
+
+Queries are counted as the reference does under both rules: 1 for an
+iteration whose minus step is accepted, else 2 (under ``best_of_both`` the
+model is asked twice every iteration; the count stays the reference's so
+that the published averages compare). A step whose input, after clipping
+and clamping to [0, 1], equals the current input (a pixel already at 0 or 1)
+is never accepted: in exact arithmetic its score ties, but a model's
+last-bit rounding varies with the batch an input is computed in, and a
+no-op minus step accepted on that noise skipped the plus step (ConvNorm's
+pixel SimBA lost 11.5 points of success between batches of 1 and 100). Every
+queried input, the first included, is built the same way
+(``clamp(x + delta, 0, 1)``, contiguous), so identical inputs are scored
+identically wherever the model is batch-invariant.
+
+Before each iteration the image is checked for success (top-1 logit no
 longer the true class); that check is not counted, and a successful image
 stops. The number of iterations is capped (by default at the number of
 coordinates). The adversarial input is ``clamp(x + delta, 0, 1)``, with delta
@@ -48,6 +69,7 @@ from torch import nn
 from . import _progress
 
 SCORES = ("log_odds", "prob")
+STEP_RULES = ("minus_first", "best_of_both")
 
 
 def dct_matrix(n: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -135,15 +157,18 @@ def simba_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: fl
                  max_iters: Optional[int] = None, basis: str = "pixel", linf_bound: Optional[float] = None,
                  freq_dims: Optional[int] = None, batch_size: int = 50, score: str = "log_odds",
                  generator: Optional[torch.Generator] = None, orders: Optional[torch.Tensor] = None,
-                 record_scores: bool = False) -> SimBAResult:
+                 record_scores: bool = False, step_rule: str = "minus_first") -> SimBAResult:
     """Attack every image of ``x`` (float in [0,1]) with labels ``y``.
 
     ``orders`` (N, >= max_iters) gives each image's coordinate order; without
     it, image i's order is ``torch.randperm(n_coords, generator=generator)``,
     drawn for i = 0, 1, ... in turn. ``record_scores`` keeps each image's score
-    after every iteration (NaN once it has stopped)."""
+    after every iteration (NaN once it has stopped). ``step_rule``: see the
+    module docstring."""
     if score not in SCORES:
         raise ValueError(f"simba: score must be one of {', '.join(map(repr, SCORES))}, got {score!r}")
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"simba: step_rule must be one of {', '.join(map(repr, STEP_RULES))}, got {step_rule!r}")
     n_img = x.shape[0]
     device, dtype = x.device, x.dtype
     space = Basis(basis, tuple(x.shape[1:]), freq_dims=freq_dims, dtype=dtype, device=device)
@@ -163,9 +188,14 @@ def simba_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: fl
     trace = torch.full((n_img, cap + 1), float("nan"), dtype=torch.float64, device=device) if record_scores else None
 
     def adversarial(x0, delta):
+        # every queried input is made here, in one memory layout: the same input, the same bits
         if linf_bound is not None:
             delta = delta.clamp(-linf_bound, linf_bound)
-        return (x0 + delta).clamp(0, 1)
+        return (x0 + delta).clamp(0, 1).contiguous()
+
+    def moved(candidate, current_input):
+        """Per image: whether the candidate's input differs from the current one."""
+        return (candidate != current_input).flatten(1).any(1)
 
     # the pool: one row per image under attack
     ids = torch.zeros(0, dtype=torch.long, device=device)
@@ -178,6 +208,7 @@ def simba_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: fl
     q = torch.zeros(0, dtype=torch.long, device=device)
     order = torch.zeros((0, cap), dtype=torch.long, device=device)
     next_id = 0
+    shape = (-1,) + (1,) * (x.dim() - 1)   # a per-image mask, broadcast over an image
 
     while True:
         _progress.tick(lambda: _progress_words(n_img, next_id, len(ids), cap, k, iterations, queries, q))
@@ -191,12 +222,13 @@ def simba_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: fl
                 new_order = torch.stack([torch.randperm(space.n, generator=generator)[:cap]
                                          for _ in range(len(new))]).to(device)
             next_id += len(new)
-            s_new, pred_new, logits_new = _query(model, x[new], y[new], score)
+            x_new = x[new].contiguous()
+            s_new, pred_new, logits_new = _query(model, adversarial(x_new, torch.zeros_like(x_new)), y[new], score)
             saturated[new] = prob_saturated(logits_new, y[new])
             ids = torch.cat([ids, new])
-            x0 = torch.cat([x0, x[new]])
+            x0 = torch.cat([x0, x_new])
             yy = torch.cat([yy, y[new]])
-            delta = torch.cat([delta, torch.zeros_like(x[new])])
+            delta = torch.cat([delta, torch.zeros_like(x_new)])
             current = torch.cat([current, s_new])
             pred = torch.cat([pred, pred_new])
             k = torch.cat([k, torch.zeros_like(new)])
@@ -225,23 +257,37 @@ def simba_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, step: fl
         # one iteration for every image in the pool
         coord = order.gather(1, k[:, None])[:, 0]
         direction = space.direction(coord, delta) * step
+        now = adversarial(x0, delta)
         minus = delta - direction
-        s_minus, pred_minus, _ = _query(model, adversarial(x0, minus), yy, score)
+        x_minus = adversarial(x0, minus)
+        s_minus, pred_minus, _ = _query(model, x_minus, yy, score)
         q += 1
-        better = s_minus < current
-        delta = torch.where(better.view((-1,) + (1,) * (delta.dim() - 1)), minus, delta)
-        current = torch.where(better, s_minus, current)
-        pred = torch.where(better, pred_minus, pred)
-        rest = (~better).nonzero().squeeze(1)
-        if rest.numel():
-            plus = delta[rest] + direction[rest]
-            s_plus, pred_plus, _ = _query(model, adversarial(x0[rest], plus), yy[rest], score)
-            q[rest] += 1
-            take = s_plus < current[rest]
-            sel = rest[take]
-            delta[sel] = plus[take]
-            current[sel] = s_plus[take]
-            pred[sel] = pred_plus[take]
+        better = (s_minus < current) & moved(x_minus, now)
+        if step_rule == "best_of_both":
+            plus = delta + direction
+            x_plus = adversarial(x0, plus)
+            s_plus, pred_plus, _ = _query(model, x_plus, yy, score)
+            q += (~better).long()
+            take = (s_plus < torch.where(better, s_minus, current)) & moved(x_plus, now)
+            use_minus = better & ~take
+            delta = torch.where(take.view(shape), plus, torch.where(use_minus.view(shape), minus, delta))
+            current = torch.where(take, s_plus, torch.where(use_minus, s_minus, current))
+            pred = torch.where(take, pred_plus, torch.where(use_minus, pred_minus, pred))
+        else:
+            delta = torch.where(better.view(shape), minus, delta)
+            current = torch.where(better, s_minus, current)
+            pred = torch.where(better, pred_minus, pred)
+            rest = (~better).nonzero().squeeze(1)
+            if rest.numel():
+                plus = delta[rest] + direction[rest]
+                x_plus = adversarial(x0[rest], plus)
+                s_plus, pred_plus, _ = _query(model, x_plus, yy[rest], score)
+                q[rest] += 1
+                take = (s_plus < current[rest]) & moved(x_plus, now[rest])
+                sel = rest[take]
+                delta[sel] = plus[take]
+                current[sel] = s_plus[take]
+                pred[sel] = pred_plus[take]
         k += 1
         if trace is not None:
             trace[ids, k] = current

@@ -13,14 +13,19 @@ at once and leaves the pool when it stops. The pool is not refilled from the
 next chunk, so that a chunk's outcome depends on the chunk alone and chunks
 can be split between processes.
 
-The outcome does not depend on the batch size only up to float rounding: a
-model's float32 outputs for one image can differ in the last bits with the
-batch it is computed in (other kernels, other summation orders), such a
-difference can flip a close comparison between two scores, and the image's
-path diverges from there. Runs at batch sizes 1, 7 and 50 are not
-bit-identical; on the trained quickstart models up to 17% of the outcomes
-differed (docs/evaluators.md). Per-image outcomes are reproducible at
-one batch size, on one rank or several.
+The batch size: a model's float32 outputs for one image can differ in the
+last bits with the batch it is computed in (other kernels, other summation
+orders, ConvNorm's rfft2). A step that changes no pixel ties in exact
+arithmetic and is never accepted, and every query is built the same way
+(``_simba_core``), so that noise no longer decides ties; only a real step
+whose score change is within rounding could still part two batch sizes.
+``tests/test_simba_batch_invariance.py`` checks batch 1 against batch 4 for
+every normalizer. Per-image outcomes are reproducible at one batch size, on
+one rank or several.
+
+The step rule (``step_rule``): ``minus_first``, the paper's Algorithm 1
+(default), or ``best_of_both``, the authors' batched code, which made the
+ConvNorm paper's Table 2 (``configs/simba.yaml``); docs/evaluators.md.
 """
 from __future__ import annotations
 
@@ -30,17 +35,23 @@ import numpy as np
 import torch
 
 from . import checks
-from ._simba_core import SCORES, dct_matrix, n_coordinates, simba_attack  # noqa: F401
+from ._simba_core import SCORES, STEP_RULES, dct_matrix, n_coordinates, simba_attack  # noqa: F401
 from .base import (BatchOutcome, EvalOutcome, Evaluator, as_choice, as_float, as_int, fraction_text,
                    perturbation_norms)
 from .registry import register_evaluator
 
-__all__ = ["SCORES", "SimBA", "dct_matrix", "n_coordinates", "simba_attack", "success_curve", "summarize"]
+__all__ = ["SCORES", "STEP_RULES", "SimBA", "dct_matrix", "n_coordinates", "simba_attack", "success_curve",
+           "summarize"]
 
 DEFAULTS = {"basis": "pixel", "step": 0.2, "max_iters": None, "linf_bound": None, "freq_dims": None,
-            "score": "log_odds", "n_images": 1000}
+            "score": "log_odds", "n_images": 1000, "step_rule": "minus_first"}
 SCORE_TEXT = {"log_odds": "log-odds of the true class from the logits in float64",
               "prob": "softmax probability of the true class (the reference's score; saturates at 1.0)"}
+STEP_RULE_TEXT = {
+    "minus_first": "the paper's Algorithm 1: the plus step is tried only when the minus step is not accepted",
+    "best_of_both": "the authors' batched code (simba_batch): both steps queried every iteration, the plus step "
+                    "accepted when below the current score and the minus step's; queries counted as they count "
+                    "them (1 when the minus step is accepted, else 2)"}
 
 
 def success_curve(queries: np.ndarray, success: np.ndarray, max_queries: int, points: int = 101) -> Dict[str, list]:
@@ -76,8 +87,10 @@ class SimBA(Evaluator):
     coordinates), ``linf_bound`` (None = unbounded), ``freq_dims`` (DCT only: keep the lowest
     freq_dims x freq_dims frequencies; None = all), ``score`` ("log_odds" | "prob"),
     ``n_images`` (1000 correctly classified images, picked by the protocol), ``batch_size``
-    (None = the protocol's). Name ``simba`` / ``simba_dct`` plus non-default options
-    (``simba_step0p4``, ``simba_scoreprob``); n_images and batch_size do not enter the name."""
+    (None = the protocol's), ``step_rule`` ("minus_first" | "best_of_both": which of the plus and
+    minus steps are tried, ``attacks._simba_core``). Name ``simba`` / ``simba_dct`` plus non-default
+    options (``simba_step0p4``, ``simba_scoreprob``, ``simba_step_rulebest_of_both``); n_images and
+    batch_size do not enter the name."""
 
     kind = "blackbox"
     select_correct = True
@@ -86,7 +99,8 @@ class SimBA(Evaluator):
 
     def __init__(self, *, basis=DEFAULTS["basis"], step=DEFAULTS["step"], max_iters=DEFAULTS["max_iters"],
                  linf_bound=DEFAULTS["linf_bound"], freq_dims=DEFAULTS["freq_dims"], score=DEFAULTS["score"],
-                 n_images=DEFAULTS["n_images"], batch_size: Optional[int] = None, name: Optional[str] = None):
+                 n_images=DEFAULTS["n_images"], batch_size: Optional[int] = None,
+                 step_rule=DEFAULTS["step_rule"], name: Optional[str] = None):
         super().__init__(name=name)
         self.basis = as_choice(basis, "simba: basis", ("pixel", "dct"))
         self.step = as_float(step, "simba: step")
@@ -101,6 +115,7 @@ class SimBA(Evaluator):
             raise ValueError("simba: freq_dims applies to basis 'dct' only")
         self.freq_dims = None if freq_dims is None else as_int(freq_dims, "simba: freq_dims")
         self.score = as_choice(score, "simba: score", SCORES)
+        self.step_rule = as_choice(step_rule, "simba: step_rule", STEP_RULES)
         self.n_images = None if n_images is None else as_int(n_images, "simba: n_images")
         self.batch_size = None if batch_size is None else as_int(batch_size, "simba: batch_size")
         self._n_coords: Optional[int] = None
@@ -111,7 +126,7 @@ class SimBA(Evaluator):
     def name_options(self):
         return [("step", self.step, DEFAULTS["step"], ""), ("max_iters", self.max_iters, None, ""),
                 ("linf_bound", self.linf_bound, None, "pixel"), ("freq_dims", self.freq_dims, None, ""),
-                ("score", self.score, DEFAULTS["score"], "")]
+                ("score", self.score, DEFAULTS["score"], ""), ("step_rule", self.step_rule, DEFAULTS["step_rule"], "")]
 
     def _cap(self) -> Optional[int]:
         return self._n_coords if self.max_iters is None else self.max_iters
@@ -122,6 +137,7 @@ class SimBA(Evaluator):
                 "freq_dims": self.freq_dims, "n_images": self.n_images,
                 "norm": "Linf" if self.linf_bound is not None else None, "eps": self.linf_bound,
                 "score": self.score, "score_text": SCORE_TEXT[self.score],
+                "step_rule": self.step_rule, "step_rule_text": STEP_RULE_TEXT[self.step_rule],
                 "order": "one random coordinate order per image, seeded from (evaluator seed, image position)"}
 
     def batch_size_for(self, batch_size):
@@ -142,7 +158,7 @@ class SimBA(Evaluator):
                               for s in example_seeds]) if len(x) else torch.zeros((0, cap), dtype=torch.long)
         result = simba_attack(model, x, y, step=self.step, max_iters=cap, basis=self.basis,
                               linf_bound=self.linf_bound, freq_dims=self.freq_dims, batch_size=max(1, len(x)),
-                              score=self.score, orders=orders)
+                              score=self.score, orders=orders, step_rule=self.step_rule)
         linf, l2 = perturbation_norms(x, result.x_adv)
         per_example = {"correct": ~result.success.cpu().numpy(), "queries": result.queries.cpu().numpy(),
                        "l2": l2.cpu().numpy(), "linf": linf.cpu().numpy(),

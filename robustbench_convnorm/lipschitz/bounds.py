@@ -1,13 +1,14 @@
 """The weight-based columns of one conv layer (exact circular norm, TN, F4,
 flat), with the TN estimate cross-checked against the norms measured.
 
-HOPM returns a lower estimate of the TN bound. Whenever a norm of the same
-operator is known (the exact circular norm, or the layer's power-iteration
-norm when the layer is ``conv2d(x, weight)``), the TN estimate must not be
-below it; when it is, the search is rerun with four times the starts, twice
-the rounds and sweeps, and a start at the exact norm's own maximiser
-(``spectra.circular_norm_witness``), from which HOPM can only climb. A value
-that still stays below is flagged.
+HOPM returns a lower estimate of the TN bound. The search never ends below
+its own Fourier witnesses (``power_method.hopm_search``), and where the exact
+circular norm is computed, its maximiser (``spectra.circular_norm_witness``)
+is one more start, from which HOPM can only climb: TN is then never below
+the exact norm. A norm measured otherwise (the layer's power-iteration norm
+when the layer is ``conv2d(x, weight)``) is checked: when the estimate is
+below it, the search is rerun with four times the starts and twice the
+rounds and sweeps; a value that still stays below is flagged.
 """
 from __future__ import annotations
 
@@ -63,21 +64,23 @@ def all_bounds(weight: torch.Tensor, stride: IntPair = 1, input_size: Optional[I
         'ok'
     """
     w = weight.detach()
-    exact = None
+    exact, witness = None, None
     if input_size is not None and divisible(input_size, stride):
-        exact = circular_spectral_norm(w, pair(input_size), stride, groups)
+        if groups == 1:
+            # the exact norm's maximiser is a start of the first search, so TN never ends below it
+            wit = circular_norm_witness(w, pair(input_size), stride)
+            exact, witness = wit.value, [v.reshape(1, -1) for v in wit.vectors]
+        else:
+            exact = circular_spectral_norm(w, pair(input_size), stride, groups)
     k = reshape_strided_kernel(w, stride)
     scale = tn_scale(w.shape, stride)
-    res = hopm_search(k, n_iter=tn_iters, restarts=tn_restarts, rounds=tn_rounds, generator=generator)
+    res = hopm_search(k, n_iter=tn_iters, restarts=tn_restarts, rounds=tn_rounds, starts=witness, generator=generator)
     tn, confirmed, status = res.value * scale, res.confirmed, None
     known = [v for v in (exact, measured) if v is not None]
     if check and known:
         floor = max(known)
         status = "ok"
         if tn < floor * (1 - CHECK_RTOL):
-            witness = None
-            if exact is not None:  # the input size is known and divisible by the stride
-                witness = [v.reshape(1, -1) for v in circular_norm_witness(w, pair(input_size), stride).vectors]
             again = hopm_search(k, n_iter=2 * tn_iters, restarts=max(8, 4 * tn_restarts), rounds=2 * tn_rounds,
                                 starts=witness, generator=generator)
             if again.value * scale > tn:

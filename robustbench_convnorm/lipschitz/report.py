@@ -114,8 +114,10 @@ def _weight_columns(name: str, module: nn.Module, weight: Optional[torch.Tensor]
                      f"a recompute with more starts; HOPM found only a lower estimate of the TN bound, so here it is "
                      f"not an upper bound (F4 = {b['f4_bound']:.6g} is)")
     elif not b["tn_confirmed"]:
-        notes.append(f"{name}: the TN search ended unconfirmed (each round of fresh starts found a larger value); "
-                     f"raise tn_rounds")
+        notes.append(f"{name}: the TN search ended unconfirmed (each round of fresh starts found a larger value, "
+                     f"or its own starts stayed below what its Fourier witnesses reached: a kernel that defeats "
+                     f"them); the value is a lower estimate of the TN bound, at least the circular norm; raise "
+                     f"tn_rounds, or read F4 as the bound")
     return kernel, of_layer
 
 

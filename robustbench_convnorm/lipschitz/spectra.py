@@ -23,8 +23,8 @@ from ._util import IntPair, pair
 
 __all__ = [
     "COND_FLOOR", "CircularWitness", "circular_norm_witness", "circular_singular_values",
-    "circular_spectral_norm", "dilate_kernel", "reshape_strided_kernel", "weight_channel_condition",
-    "weight_channel_spectrum",
+    "circular_spectral_norm", "dilate_kernel", "fourier_witnesses", "reshape_strided_kernel",
+    "weight_channel_condition", "weight_channel_spectrum",
 ]
 
 #: Channel spectra below ``COND_FLOOR * max`` are clamped there, so a channel
@@ -234,6 +234,78 @@ def circular_norm_witness(weight: torch.Tensor, input_size: IntPair, stride: Int
     ew = _dft_matrix(grid[1], k.shape[3], torch.complex128, k.device)[fc] / math.sqrt(k.shape[3])
     vectors = [torch.conj(u[:, 0]), torch.conj(vh[0]), eh, ew]
     return CircularWitness(value, (2 * math.pi * fr / grid[0], 2 * math.pi * fc / grid[1]), vectors)
+
+
+def _power_steps(p: torch.Tensor, v: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` power-iteration steps on P^H P for a batch of matrices P
+    (F, C_out, C_in), from the rows v (F, C_in); returns unit rows."""
+    for _ in range(steps):
+        v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-300)
+        pv = torch.matmul(p, v[..., None])
+        v = torch.matmul(pv.mH, p)[:, 0].conj()          # P^H P v, reading P row-major
+    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-300)
+
+
+def fourier_witnesses(kernel: torch.Tensor, grid: IntPair, *, count: int = 2, iters: int = 20, probe: int = 3,
+                      keep: int = 8) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Certified lower bounds of the circular norm, cheaply: at each
+    frequency of the (gh, gw) grid (half of it: P(-w) = conj(P(w))), a short
+    power iteration on the C_out x C_in matrix P(w) ends at a unit v, and
+    ``||P(w) v||`` is ATTAINED by the unit vectors u = P(w)v / ||P(w)v||, v,
+    whatever the number of iterations: the value never exceeds ||P(w)||.
+
+    Each value is also ``sqrt(h w) |K(u1, u2, u3, u4)|`` at unit vectors
+    (u1 = conj(u), u2 = v, u3 and u4 the Fourier vectors of w), so it is a
+    lower bound of the TN bound as well: a HOPM started there can only
+    climb. The exact ``circular_norm_witness`` needs an eigendecomposition
+    per frequency, which for wide layers costs tens of seconds; here every
+    frequency gets ``probe`` power steps and only the ``keep`` best go on to
+    ``iters`` in all.
+
+    Args:
+        kernel: stride-1 (C_out, C_in, h, w) (a strided layer's
+            ``reshape_strided_kernel``); computed in complex128.
+        grid: the frequency grid (gh, gw).
+        count: how many of the best frequencies to return.
+        iters, probe, keep: power steps in all, on every frequency, and how
+            many frequencies go on after the probe.
+
+    Returns:
+        values (count,), float64, descending (conv units, as the circular
+        norm), and four (count, d_i) complex unit vectors attaining them.
+    """
+    k = kernel.detach()
+    gh, gw = pair(grid)
+    c_out, c_in, h, w = (int(d) for d in k.shape)
+    eh = _dft_matrix(gh, h, torch.complex128, k.device)
+    ew = _dft_matrix(gw, w, torch.complex128, k.device)
+    # every frequency of the half grid, as one row of the 2-D DFT of the flattened taps: P = E K^T, one GEMM
+    fr_all = torch.arange(gh, device=k.device).repeat_interleave(gw // 2 + 1)
+    fc_all = torch.arange(gw // 2 + 1, device=k.device).repeat(gh)
+    flat = k.to(torch.complex128).reshape(c_out * c_in, h * w)
+    step = max(1, _EXACT_BLOCK // max(1, c_out * c_in))
+    candidates = []   # (probe value, frequency row, column, v) of every frequency's probe
+    for start in range(0, len(fr_all), step):
+        fr, fc = fr_all[start:start + step], fc_all[start:start + step]
+        e = (eh[fr][:, :, None] * ew[fc][:, None, :]).reshape(len(fr), h * w)
+        p = (e @ flat.T).reshape(len(fr), c_out, c_in)
+        # start from the row of largest norm: P^H e_i != 0 whenever P != 0
+        top_row = (p.real ** 2 + p.imag ** 2).sum(-1).argmax(-1)
+        v = _power_steps(p, p[torch.arange(p.shape[0]), top_row].conj(), max(1, min(probe, iters)))
+        value = torch.linalg.vector_norm(torch.matmul(p, v[..., None])[..., 0], dim=-1)
+        candidates.append((value, fr, fc, v))
+    value, fr, fc, v = (torch.cat([c[i] for c in candidates]) for i in range(4))
+    top = torch.argsort(value, descending=True)[: max(count, keep)]
+    fr, fc, v = fr[top], fc[top], v[top]
+    # the kept frequencies' matrices again (a few), for the remaining steps
+    p = ((eh[fr][:, :, None] * ew[fc][:, None, :]).reshape(len(fr), h * w) @ flat.T).reshape(len(fr), c_out, c_in)
+    v = _power_steps(p, v, max(0, iters - probe))
+    pv = torch.matmul(p, v[..., None])[..., 0]
+    norm = torch.linalg.vector_norm(pv, dim=-1)
+    best = torch.argsort(norm, descending=True)[: max(1, count)]
+    u = pv[best] / norm[best].clamp_min(1e-300)[:, None]
+    vectors = [u.conj(), v[best], eh[fr[best]] / math.sqrt(h), ew[fc[best]] / math.sqrt(w)]
+    return norm[best].to(torch.float64), vectors
 
 
 # ----------------------------------------------------------------------------
