@@ -57,9 +57,10 @@ def test_apgd_ce_t_is_never_exported_or_titled_as_autoattack(tmp_path):
     written = build_leaderboard(res, formats=["md"], plots=False, export=["robustbench"])
     md = written["md"].read_text()
     assert "APGD-CE+T" in md and "AutoAttack" not in md
-    entry = json.loads(next(written["export_robustbench"].rglob("*.json")).read_text())
-    assert entry["autoattack_acc"] is None and entry["autoattack_version"] is None
-    assert "AutoAttack was not run" in entry["footnote"]
+    export = written["export_robustbench"]
+    assert not list(export.glob("model_info/**/*.json"))   # no RobustBench entry without standard AutoAttack
+    (skipped,) = json.loads((export / "not_exported.json").read_text())
+    assert skipped["label"] == "sn+BN" and "standard AutoAttack" in skipped["reason"]
 
 
 def test_fewer_iterations_or_targets_are_named_and_reach_torchattacks(calls):
