@@ -4,12 +4,17 @@
 Peak memory is the device's: on CUDA ``torch.cuda.max_memory_allocated`` (the
 tensors' high-water mark, reset before training); on the CPU the process's
 resident-set high-water mark (``VmHWM``), reset before training through
-``/proc/self/clear_refs`` where Linux allows it, so that a run after others in
-one process reports its own peak. Where the reset is not possible the peak is
+``/proc/self/clear_refs`` where Linux allows it, after giving the memory earlier
+runs freed back to the system (``malloc_trim``), so that a run after others in
+one process reports its own peak (plus what the process holds for all runs:
+torch, the data sets it keeps). Where the reset is not possible the peak is
 the process's since it started, and ``peak_memory_scope`` says so.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import math
 import resource
 import sys
@@ -23,11 +28,24 @@ FIELDS = ("train_seconds", "train_seconds_per_epoch", "train_images_per_second",
           "eval_seconds")
 
 
+def _release_freed_memory() -> None:
+    """Give memory that earlier runs of this process freed back to the system
+    (glibc's malloc keeps it mapped otherwise), so that a run's resident-set peak
+    starts from what is live now and not from the largest run before it."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc: the peak may then include memory earlier runs freed
+
+
 def reset_peak_memory(device: torch.device) -> str:
     """Start a new high-water mark; returns its scope: 'run' when reset, 'process' when not."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return "run"
+    _release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
         return "run"

@@ -10,7 +10,8 @@ import pytest
 
 from leaderboard_records import make_record, write, write_per_example
 from robustbench_convnorm.leaderboard import build_leaderboard
-from robustbench_convnorm.leaderboard.publish import ABOUT, comparable, publish
+from robustbench_convnorm.leaderboard.board import assemble
+from robustbench_convnorm.leaderboard.publish import ABOUT, SUMMARY, comparable, publish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted(p for p in (ROOT / "results" / "published").glob("*") if (p / "runs").is_dir())
@@ -35,6 +36,7 @@ def test_a_published_leaderboard_is_what_its_records_give(folder, tmp_path):
     rebuilt = build_leaderboard(folder, tmp_path, formats=["md"], plots=False)
     assert comparable(rebuilt["md"].read_text()) == comparable((folder / "leaderboard.md").read_text())
     assert rebuilt["csv"].read_text() == (folder / "leaderboard.csv").read_text()
+    assert summary(assemble(folder)) == (folder / SUMMARY).read_text()
 
 
 @pytest.mark.parametrize("folder", PUBLISHED, ids=[p.name for p in PUBLISHED])
@@ -42,8 +44,8 @@ def test_the_readme_quotes_the_published_ranking(folder):
     readme = (ROOT / "README.md").read_text()
     if f"results/published/{folder.name}" not in readme:
         pytest.skip(f"the README does not show results/published/{folder.name}")
-    rows = ranking_rows((folder / "leaderboard.md").read_text())
-    assert rows and all(row in readme for row in rows), f"README's table differs from {folder}/leaderboard.md"
+    rows = [line for line in (folder / SUMMARY).read_text().splitlines() if line.startswith("| ")]
+    assert rows and all(row in readme for row in rows), f"README's table differs from {folder}/{SUMMARY}"
 
 
 def test_publish_copies_records_not_checkpoints_and_the_rebuild_matches(tmp_path):
@@ -65,6 +67,8 @@ def test_publish_copies_records_not_checkpoints_and_the_rebuild_matches(tmp_path
     about = (dest / ABOUT).read_text()
     assert "`make demo`" in about and "CPU X" in about and "A test." in about
     assert ranking_rows(written["md"].read_text())
+    table = written["summary"].read_text()
+    assert "| rank | model | clean |" in table and "sn+BN" in table and "oni+BN" in table
     rebuilt = build_leaderboard(dest, tmp_path / "again", formats=["md"], plots=False)
     assert comparable(rebuilt["md"].read_text()) == comparable(written["md"].read_text())
     # a record edited after publishing no longer gives the published table

@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .. import atomic
+from . import cells
+from .board import Leaderboard, assemble
 from .build import build_leaderboard
+from .render_markdown import md_table, value_cell
+from .sanity import split_sanity
 
 PROG = "robustbench-convnorm publish"
 #: the files of a run that are published (small, and all a leaderboard reads)
 RUN_FILES = ("record.json", "per_example.csv", "train_log.csv")
 ABOUT = "PUBLISHED.md"
+#: the compact table the README quotes: one row per model, the columns of summary_columns
+SUMMARY = "summary.md"
+#: cost and bound columns of the summary, where the records have them (shown without intervals)
+SUMMARY_TAIL = ("train_seconds", "peak_memory_mb", "lip_network_log10")
 #: the formats built in a published folder: Markdown (what the README quotes) and the CSVs, plus plots
 FORMATS = ["md"]
 BUILT_FROM = "Built from the run records under"
@@ -72,11 +80,39 @@ def about_text(command: str, note: str, ids: Sequence[str], prov: Dict[str, List
              f"- commit(s) of the code that made them: {', '.join(prov['git_sha'])}",
              f"- records created: {dates}",
              "", "Each `runs/<run_id>/` holds the run's record.json, per_example.csv and train_log.csv "
-                 "(no checkpoints). `leaderboard.md`, the CSVs and the plots were built from them by "
+                 "(no checkpoints). `leaderboard.md`, `summary.md` (what the README quotes), the CSVs and "
+                 "the plots were built from them by "
                  "`robustbench-convnorm publish`; tests/test_published.py rebuilds them in CI."]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def summary_columns(lb: Leaderboard) -> List[str]:
+    """clean, the ranking metric, every certified accuracy, the first black-box
+    success rate that is not a sanity point, then cost and the network bound."""
+    names = lb.info.names
+    cols = [m for m in ("clean_acc", lb.rank_metric) if m in names]
+    cols += [m for m in lb.info.certified if m not in cols]
+    ranked, _ = split_sanity(lb, [f"{n}_success_rate" for n in lb.info.blackbox if f"{n}_success_rate" in names])
+    cols += ranked[:1]
+    return cols + [m for m in SUMMARY_TAIL if m in names and lb.df[f"{m}_mean"].notna().any()]
+
+
+def summary(lb: Leaderboard) -> str:
+    """One table per data set: rank (tied, unreliable), model and summary_columns;
+    accuracies with their intervals, the rest as means."""
+    cols = summary_columns(lb)
+    lines: List[str] = []
+    for ds, sub in lb.datasets():
+        rows = []
+        for _, r in sub.iterrows():
+            row = [cells.rank_text(r["rank"], r["tied_with_above"], r.get("unreliable")), r["model"]]
+            row += [value_cell(m, r) if m.endswith(("_acc", "_rate")) else cells.fmt_cell(m, r[f"{m}_mean"], r[f"{m}_std"])
+                    for m in cols]
+            rows.append(row)
+        lines += [f"**{ds}**", ""] + md_table(["rank", "model"] + [lb.info.title(m) for m in cols], rows) + [""]
+    return "\n".join(lines)
 
 
 def publish(results_dir, dest, command: str, note: str = "") -> Dict[str, Path]:
@@ -84,7 +120,9 @@ def publish(results_dir, dest, command: str, note: str = "") -> Dict[str, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     ids = copy_runs(results_dir, dest)
     atomic.write_text(dest / ABOUT, about_text(command, note, ids, provenance(dest)))
-    return build_leaderboard(dest, formats=FORMATS)
+    written = build_leaderboard(dest, formats=FORMATS)
+    written["summary"] = atomic.write_text(dest / SUMMARY, summary(assemble(dest)))
+    return written
 
 
 def comparable(markdown: str) -> str:
