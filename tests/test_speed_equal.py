@@ -1,0 +1,91 @@
+"""The faster paths of issue 24 compute the values of the paths they replace:
+outputs and gradients equal to the old formulas (kept here as references)
+within 1e-6 of each tensor's scale in float32, on random kernels, shapes and
+strides; and the comparison itself catches a planted change of value."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustbench_convnorm.normalizers import cayley as cayley_mod
+from robustbench_convnorm.normalizers.cayley import CayleyConv2d, space_to_depth
+
+RTOL = 1e-6
+
+
+def assert_close_rel(new: torch.Tensor, old: torch.Tensor, what: str, rtol: float = RTOL) -> None:
+    scale = old.abs().max().clamp_min(1e-30)
+    err = ((new - old).abs().max() / scale).item()
+    assert err <= rtol, f"{what}: relative difference {err:.2e} > {rtol:.0e}"
+
+
+# ------------------------------------------------------------------ Cayley
+def cayley_forward_reference(layer: CayleyConv2d, x: torch.Tensor) -> torch.Tensor:
+    """CayleyConv2d.forward before issue 24 (Q applied on strided permuted views)."""
+    s = layer.stride[0]
+    if s > 1:
+        x = space_to_depth(x, s)
+    b, c, h, w = x.shape
+    q = layer.orthogonal_matrices(h, w, torch.float32)
+    xf = torch.fft.rfft2(x).permute(2, 3, 1, 0)
+    y = torch.fft.irfft2((q @ xf).permute(3, 2, 0, 1), s=(h, w))
+    if layer.bias is not None:
+        y = y + layer.bias.view(1, -1, 1, 1)
+    return y
+
+
+def run_both(layer, x, forward_new, forward_old):
+    results = []
+    for fwd in (forward_new, forward_old):
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = fwd(layer, xi)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+        y.backward(g)
+        grads = [xi.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
+        results.append([y.detach()] + grads)
+    return results
+
+
+CAYLEY_CASES = [  # (c_in, c_out, k, stride, batch, size, bias)
+    (4, 4, 3, 1, 3, 8, False),
+    (3, 6, 3, 1, 2, 6, True),     # tall Q
+    (6, 3, 1, 1, 2, 5, False),    # wide Q, odd size
+    (4, 8, 3, 2, 3, 8, False),    # space-to-depth
+]
+
+
+@pytest.mark.parametrize("case", CAYLEY_CASES)
+def test_cayley_new_path_equals_old_outputs_and_gradients(case):
+    c_in, c_out, k, s, n, size, bias = case
+    torch.manual_seed(hash(case) % 1000)
+    layer = CayleyConv2d(c_in, c_out, k, stride=s, bias=bias)
+    x = torch.randn(n, c_in, size, size)
+    new, old = run_both(layer, x, lambda m, t: m(t), cayley_forward_reference)
+    assert len(new) == len(old) == 4 + int(bias)  # output, input grad, weight, alpha (, bias)
+    for i, (a, b) in enumerate(zip(new, old)):
+        assert_close_rel(a, b, f"tensor {i}")
+
+
+def test_cayley_eval_cached_q_equals_old_path():
+    torch.manual_seed(1)
+    layer = CayleyConv2d(5, 5, 3).eval()
+    x = torch.randn(2, 5, 7, 7)
+    with torch.no_grad():
+        assert_close_rel(layer(x), cayley_forward_reference(layer, x), "eval output")
+        assert_close_rel(layer(x), cayley_forward_reference(layer, x), "eval output, cached Q")
+
+
+def test_cayley_comparison_catches_a_planted_change(monkeypatch):
+    # Q applied untransposed (a plausible slip in the new layout) must be caught.
+    def planted(q, xf):
+        xf = xf.permute(2, 3, 0, 1).contiguous()
+        return (xf @ q).permute(2, 3, 0, 1).contiguous()
+
+    monkeypatch.setattr(cayley_mod, "apply_per_frequency", planted)
+    torch.manual_seed(2)
+    layer = CayleyConv2d(4, 4, 3)
+    with pytest.raises(AssertionError):
+        new, old = run_both(layer, torch.randn(2, 4, 6, 6), lambda m, t: m(t), cayley_forward_reference)
+        for a, b in zip(new, old):
+            assert_close_rel(a, b, "planted")
