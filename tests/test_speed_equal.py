@@ -89,3 +89,73 @@ def test_cayley_comparison_catches_a_planted_change(monkeypatch):
         new, old = run_both(layer, torch.randn(2, 4, 6, 6), lambda m, t: m(t), cayley_forward_reference)
         for a, b in zip(new, old):
             assert_close_rel(a, b, "planted")
+
+
+# ----------------------------------------------------------------- ConvNorm
+from robustbench_convnorm.normalizers import convnorm_fourier  # noqa: E402
+from robustbench_convnorm.normalizers.convnorm import ConvNorm2d  # noqa: E402
+
+CONVNORM_CASES = [  # (c_in, c_out, k, stride, padding, batch, size, bias, eval mode)
+    (3, 4, 3, 1, 1, 3, 8, False, False),
+    (4, 6, 3, 2, 1, 4, 8, True, False),
+    (5, 3, 3, 2, 0, 2, 7, False, False),
+    (4, 4, 5, 1, 2, 3, 6, False, True),    # eval: the running filter
+    (6, 8, 3, 2, 1, 5, 9, False, True),
+]
+
+
+def convnorm_pair(case, seed):
+    c_in, c_out, k, s, p, n, size, bias, evaluate = case
+    torch.manual_seed(seed)
+    layer = ConvNorm2d(c_in, c_out, k, stride=s, padding=p, bias=bias, affine_init="conv_default")
+    layer.fast_path = True
+    x = torch.randn(n, c_in, size, size)
+    layer(x)  # one training pass: a running filter exists
+    with torch.no_grad():
+        layer.weight.add_(0.1 * torch.randn_like(layer.weight))  # running filter != exact filter
+    layer.train(not evaluate)
+    return layer, x
+
+
+@pytest.mark.parametrize("case", CONVNORM_CASES)
+def test_convnorm_recomputed_input_spectrum_equals_saved_one(case, monkeypatch):
+    # New path: conj(X) rebuilt in backward; old path: saved in forward.
+    layer, x = convnorm_pair(case, seed=sum(case[:7]))
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    results = []
+    for recompute in (True, False):
+        monkeypatch.setattr(convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", recompute)
+        layer.load_state_dict(state)
+        results.append(run_both(layer, x, lambda m, t: m(t), lambda m, t: m(t))[0])
+    new, old = results
+    assert len(new) == len(old) == 1 + 1 + len(list(layer.parameters()))
+    for i, (a, b) in enumerate(zip(new, old)):
+        assert_close_rel(a, b, f"tensor {i}")
+
+
+def test_convnorm_comparison_catches_a_planted_change(monkeypatch):
+    # conj(X) rebuilt in backward on a grid one sample too wide (a wrong FFT
+    # size, cropped back to the right shape) must be caught.
+    real = convnorm_fourier.input_spectrum
+    calls = []
+
+    def planted(x, geo, dtype):
+        calls.append(1)
+        if len(calls) % 2:  # forward: the real one
+            return real(x, geo, dtype)
+        wide = geo._replace(fw=geo.fw + 1)
+        z = real(x, wide, dtype).view(geo.fh, geo.fw + 1, *x.shape[:0], -1)[:, : geo.fw]
+        return z.reshape(geo.fh * geo.fw, (x.shape[0] + 1) // 2, x.shape[1])
+
+    layer, x = convnorm_pair(CONVNORM_CASES[0], seed=3)
+    monkeypatch.setattr(convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", False)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    old = run_both(layer, x, lambda m, t: m(t), lambda m, t: m(t))[0]
+    monkeypatch.setattr(convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", True)
+    monkeypatch.setattr(convnorm_fourier, "input_spectrum", planted)
+    layer.load_state_dict(state)
+    new = run_both(layer, x, lambda m, t: m(t), lambda m, t: m(t))[0]
+    assert calls
+    with pytest.raises(AssertionError, match="weight|tensor 2"):
+        for i, (a, b) in enumerate(zip(new, old)):
+            assert_close_rel(a, b, f"tensor {i}")
