@@ -183,12 +183,23 @@ def _pack(x: torch.Tensor, grid: Tuple[int, int], step: Tuple[int, int], dtype: 
     n, c, h, w = x.shape
     half, pairs = (n + 1) // 2, n // 2
     sh, sw = step
-    buf = torch.zeros(half, c, *grid, dtype=dtype, device=x.device)
     rows, cols = slice(0, sh * h, sh), slice(0, sw * w, sw)
-    imag = x[half:].neg() if conjugate else x[half:]
-    torch.complex(x[:pairs], imag, out=buf[:pairs, :, rows, cols])
+    if (sh, sw) == (1, 1) and pairs == half:
+        # Every sample of the (h, w) corner is written below: zero only the rest.
+        buf = torch.empty(half, c, *grid, dtype=dtype, device=x.device)
+        buf[:, :, h:].zero_()
+        buf[:, :, :h, w:].zero_()
+    else:
+        buf = torch.zeros(half, c, *grid, dtype=dtype, device=x.device)
+    parts = torch.view_as_real(buf)
+    # Real and imaginary parts written in place: no temporary for the negation.
+    parts[:pairs, :, rows, cols, 0].copy_(x[:pairs])
+    if conjugate:
+        torch.neg(x[half:], out=parts[:pairs, :, rows, cols, 1])
+    else:
+        parts[:pairs, :, rows, cols, 1].copy_(x[half:])
     if pairs < half:  # odd batch: the last image has no partner
-        torch.view_as_real(buf)[pairs:, :, rows, cols, 0].copy_(x[pairs:half])
+        parts[pairs:, :, rows, cols, 0].copy_(x[pairs:half])
     return buf
 
 
