@@ -3,7 +3,8 @@
     python -m benchmarks.old_vs_new [--width 0.25] [--batch 128] [--steps 7] [--warmup 1] [--threads 1]
 
 Free-AT replays (``benchmarks/replay.py``) of vanilla, ConvNorm with conj(X)
-saved (the default) and rebuilt in backward (``RECOMPUTE_INPUT_SPECTRUM``),
+saved (the default), with the old image-pair packing, and rebuilt in backward
+(``RECOMPUTE_INPUT_SPECTRUM``),
 Cayley with Q applied on contiguous spectra (new) and on the strided views of
 before (old), and ONI, timed round-robin so that a busy moment of a shared
 machine hits all alike; medians and ratios to vanilla, and the bytes autograd
@@ -20,6 +21,22 @@ import torch
 from benchmarks.normalizers import saved_for_backward_bytes
 from benchmarks.replay import FreeReplay, median, pick_device, time_interleaved
 from robustbench_convnorm.normalizers import cayley, convnorm_fourier
+
+
+def old_pack(x, grid, step, dtype, conjugate):
+    """ConvNorm's image-pair packing before issue 24: a zeroed grid, a negated copy."""
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    x = x.to(real)
+    n, c, h, w = x.shape
+    half, pairs = (n + 1) // 2, n // 2
+    (sh, sw) = step
+    buf = torch.zeros(half, c, *grid, dtype=dtype, device=x.device)
+    rows, cols = slice(0, sh * h, sh), slice(0, sw * w, sw)
+    imag = x[half:].neg() if conjugate else x[half:]
+    torch.complex(x[:pairs], imag, out=buf[:pairs, :, rows, cols])
+    if pairs < half:
+        torch.view_as_real(buf)[pairs:, :, rows, cols, 0].copy_(x[pairs:half])
+    return buf
 
 
 def old_apply_per_frequency(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
@@ -61,10 +78,12 @@ def main(argv=None) -> int:
     make = lambda name: FreeReplay(name, batch=args.batch, width=args.width, device=device)  # noqa: E731
     replays = {n: make(n) for n in ("vanilla", "convnorm", "cayley", "oni")}
     cn_recompute = make("convnorm")
+    cn_old = make("convnorm")
     cay_old = make("cayley")
     fns = {
         "vanilla": variant(replays["vanilla"]),
         "convnorm (conj(X) saved, default)": variant(replays["convnorm"]),
+        "convnorm (old packing)": variant(cn_old, convnorm_fourier, "_pack", old_pack),
         "convnorm (conj(X) rebuilt)": variant(cn_recompute, convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", True),
         "cayley (new)": variant(replays["cayley"]),
         "cayley (old strided matmul)": variant(cay_old, cayley, "apply_per_frequency", old_apply_per_frequency),
@@ -76,6 +95,7 @@ def main(argv=None) -> int:
              "oni": saved_for_backward_bytes(replays["oni"])}
     with patched(convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", True):
         saved["convnorm (conj(X) rebuilt)"] = saved_for_backward_bytes(cn_recompute)
+    saved["convnorm (old packing)"] = saved["convnorm (conj(X) saved, default)"]
     with patched(cayley, "apply_per_frequency", old_apply_per_frequency):
         saved["cayley (old strided matmul)"] = saved_for_backward_bytes(cay_old)
     times = time_interleaved(fns, device, warmup=args.warmup, repeats=args.steps)
