@@ -1,6 +1,6 @@
 """Issue 24's changes against the paths they replaced, in one process.
 
-    python -m benchmarks.old_vs_new [--width 0.25] [--batch 128] [--steps 7] [--warmup 1] [--threads 1]
+    python -m benchmarks.old_vs_new [--width 0.25] [--batch 128] [--size 32] [--steps 7] [--warmup 1] [--threads 1]
 
 Free-AT replays (``benchmarks/replay.py``) of vanilla, ConvNorm with conj(X)
 saved (the default), with the old image-pair packing, and rebuilt in backward
@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.old_vs_new", description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=32)
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    make = lambda name: FreeReplay(name, batch=args.batch, width=args.width, device=device)  # noqa: E731
+    make = lambda name: FreeReplay(name, batch=args.batch, width=args.width, device=device,
+                                   size=args.size)  # noqa: E731
     replays = {n: make(n) for n in ("vanilla", "convnorm", "cayley", "oni")}
     cn_recompute = make("convnorm")
     cn_old = make("convnorm")

@@ -188,3 +188,24 @@ def test_convnorm_packing_is_bit_identical_to_the_old_one(n, step, grid, conjuga
     # The zero border is part of the value (an unzeroed empty grid would differ).
     (sh, sw) = step
     assert not new[..., sh * 8:, :].any() and not new[..., :, sw * 8:].any()
+
+
+def test_old_vs_new_benchmark_runs_every_variant_and_restores_the_new_paths(capsys):
+    from benchmarks import old_vs_new
+
+    new_apply, new_pack = cayley_mod.apply_per_frequency, convnorm_fourier._pack
+    calls = []
+    real_old = old_vs_new.old_apply_per_frequency
+    old_vs_new.old_apply_per_frequency = lambda q, xf: calls.append(1) or real_old(q, xf)
+    try:
+        assert old_vs_new.main(["--width", "0.0625", "--batch", "2", "--size", "8", "--steps", "1",
+                                "--threads", "1"]) == 0
+    finally:
+        old_vs_new.old_apply_per_frequency = real_old
+    out = capsys.readouterr().out
+    for row in ("| vanilla |", "| convnorm (old packing) |", "| convnorm (conj(X) rebuilt) |",
+                "| cayley (new) |", "| cayley (old strided matmul) |"):
+        assert row in out
+    assert calls, "the 'old' Cayley variant did not run the old formula"
+    assert cayley_mod.apply_per_frequency is new_apply and convnorm_fourier._pack is new_pack
+    assert convnorm_fourier.RECOMPUTE_INPUT_SPECTRUM is False
