@@ -59,6 +59,20 @@ def cayley_transform(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([(eye - a) @ inv, -2.0 * (v @ inv)], dim=-2)
 
 
+def apply_per_frequency(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+    """Y(w) = Q(w) X(w) for every frequency: q (h, w', C_out, C_in), xf
+    (B, C_in, h, w') -> (B, C_out, h, w'), contiguous.
+
+    The spectra are made contiguous with the batch inside each frequency,
+    (h, w', B, C_in), and multiplied by Q^T there: torch's complex batched
+    matmul on the strided views ``q @ xf.permute(2, 3, 1, 0)`` copied its
+    operands slice by slice, forward and backward (1.5-2x slower, profiled in
+    docs/benchmarks.md). Every entry is the same sum over C_in in the same
+    order, so the values are bit-identical (tests/test_speed_equal.py)."""
+    xf = xf.permute(2, 3, 0, 1).contiguous()                      # (h, w', B, C_in)
+    return (xf @ q.transpose(-1, -2)).permute(2, 3, 0, 1).contiguous()  # (B, C_out, h, w')
+
+
 def space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C*s*s, H/s, W/s), a permutation of the entries."""
     b, c, h, w = x.shape
@@ -151,10 +165,7 @@ class CayleyConv2d(nn.Module):
         b, c, h, w = x.shape
         q = self._q(h, w, dtype)  # (h, w//2+1, C_out, C_in')
         with torch.autocast(x.device.type, enabled=False):
-            xf = torch.fft.rfft2(x.to(dtype))                      # (B, C_in', h, w//2+1)
-            xf = xf.permute(2, 3, 1, 0)                           # (h, w//2+1, C_in', B)
-            yf = (q @ xf).permute(3, 2, 0, 1)                     # (B, C_out, h, w//2+1)
-            y = torch.fft.irfft2(yf, s=(h, w))
+            y = torch.fft.irfft2(apply_per_frequency(q, torch.fft.rfft2(x.to(dtype))), s=(h, w))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         return y.to(out_dtype)

@@ -183,12 +183,23 @@ def _pack(x: torch.Tensor, grid: Tuple[int, int], step: Tuple[int, int], dtype: 
     n, c, h, w = x.shape
     half, pairs = (n + 1) // 2, n // 2
     sh, sw = step
-    buf = torch.zeros(half, c, *grid, dtype=dtype, device=x.device)
     rows, cols = slice(0, sh * h, sh), slice(0, sw * w, sw)
-    imag = x[half:].neg() if conjugate else x[half:]
-    torch.complex(x[:pairs], imag, out=buf[:pairs, :, rows, cols])
+    if (sh, sw) == (1, 1) and pairs == half:
+        # Every sample of the (h, w) corner is written below: zero only the rest.
+        buf = torch.empty(half, c, *grid, dtype=dtype, device=x.device)
+        buf[:, :, h:].zero_()
+        buf[:, :, :h, w:].zero_()
+    else:
+        buf = torch.zeros(half, c, *grid, dtype=dtype, device=x.device)
+    parts = torch.view_as_real(buf)
+    # Real and imaginary parts written in place: no temporary for the negation.
+    parts[:pairs, :, rows, cols, 0].copy_(x[:pairs])
+    if conjugate:
+        torch.neg(x[half:], out=parts[:pairs, :, rows, cols, 1])
+    else:
+        parts[:pairs, :, rows, cols, 1].copy_(x[half:])
     if pairs < half:  # odd batch: the last image has no partner
-        torch.view_as_real(buf)[pairs:, :, rows, cols, 0].copy_(x[pairs:half])
+        parts[pairs:, :, rows, cols, 0].copy_(x[pairs:half])
     return buf
 
 
@@ -242,6 +253,23 @@ def _engine_needs(node) -> bool:
         return True
 
 
+#: Whether FourierConv rebuilds conj(X) in backward from the saved input
+#: instead of saving it: ~1.3x the input's size less saved per layer, for one
+#: more transform per training backward. Off: on the CPU the transform cost
+#: 14-39% more per layer's training step (16-64 channels, batch 128,
+#: docs/benchmarks.md "Before and after"), which the time target cannot afford.
+RECOMPUTE_INPUT_SPECTRUM = False
+
+
+def input_spectrum(x: torch.Tensor, geo: Geometry, dtype: torch.dtype) -> torch.Tensor:
+    """conj(X) of the packed image pairs on the grid, frequency-major: (fh*fw, half, C_in)."""
+    n, c_in = x.shape[:2]
+    half, nf = (n + 1) // 2, geo.fh * geo.fw
+    # conj(X) = unnormalised inverse transform of the conjugated packing.
+    zc = torch.fft.ifft2(_pack(x, (geo.fh, geo.fw), (1, 1), dtype, conjugate=True), norm="forward")
+    return _transpose(zc, half * c_in, nf).view(nf, half, c_in)
+
+
 class FourierConv(torch.autograd.Function):
     """out = the plain path's crop(stride(ifft2(V * fft2(conv_full(x, weight))))).
 
@@ -264,8 +292,7 @@ class FourierConv(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             taps = kernel_taps(weight, phase.dtype)
             # conj(X) = unnormalised inverse transform of the conjugated packing.
-            zc = torch.fft.ifft2(_pack(x, (geo.fh, geo.fw), (1, 1), phase.dtype, conjugate=True), norm="forward")
-            zc = _transpose(zc, half * c_in, nf).view(nf, half, c_in)
+            zc = input_spectrum(x, geo, phase.dtype)
             yc = torch.empty(nf, half, c_out, dtype=zc.dtype, device=zc.device)
             step = nf if sv is not None else frequency_chunks(nf, c_out, c_in, phase.element_size())
             for f in range(0, nf, step):
@@ -280,17 +307,24 @@ class FourierConv(torch.autograd.Function):
             # y = ifft2(Y) = conj(fft2(conj(Y)) / size): the conjugation is folded into unpacking.
             y = torch.fft.fft2(yc, norm="forward")
             out = _unpack(y, n, (geo.ho, geo.wo), (geo.step_h, geo.step_w), out_dtype, conjugate=True)
-        ctx.save_for_backward(zc, taps, v, phase, kept)
+        # conj(X) is wanted by the weight gradient only. Saved, it is ~1.3x the
+        # input's size per layer; rebuilt from x (which the layer before keeps
+        # anyway, e.g. as its ReLU output) it costs one transform, and only in
+        # backward passes that want the weight gradient (not an attack's).
+        # Rebuilt by the same calls on the same input: the same values.
+        saved_input = x if RECOMPUTE_INPUT_SPECTRUM else zc
+        ctx.save_for_backward(saved_input, taps, v, phase, kept)
         ctx.geo, ctx.n, ctx.in_size, ctx.x_dtype = geo, n, (h, w), x.dtype
+        ctx.c_in, ctx.recomputed = c_in, RECOMPUTE_INPUT_SPECTRUM
         ctx.w_shape, ctx.w_dtype, ctx.w_node = weight.shape, weight.dtype, weight.grad_fn
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        zc, taps, v, phase, kept = ctx.saved_tensors
-        geo, n = ctx.geo, ctx.n
-        nf, half, c_in = zc.shape
+        saved_input, taps, v, phase, kept = ctx.saved_tensors
+        geo, n, c_in = ctx.geo, ctx.n, ctx.c_in
+        nf, half = geo.fh * geo.fw, (n + 1) // 2
         c_out = ctx.w_shape[0]
         bh, bw = geo.fh // geo.th, geo.fw // geo.tw
         need_x = ctx.needs_input_grad[0]
@@ -304,7 +338,11 @@ class FourierConv(torch.autograd.Function):
             g = _transpose(g, half * c_out, bh * bw).view(bh * bw, half, c_out)
             if geo.th * geo.tw > 1:
                 g = _unfold(g, geo.th, geo.tw, geo.fh, geo.fw)
-            grad_z = torch.empty_like(zc) if need_x else None
+            grad_z = torch.empty(nf, half, c_in, dtype=g.dtype, device=g.device) if need_x else None
+            zc = None
+            if need_w:
+                with torch.no_grad():
+                    zc = input_spectrum(saved_input, geo, phase.dtype) if ctx.recomputed else saved_input
             grad_taps = torch.zeros(taps.shape[1], taps.shape[0], dtype=v.dtype, device=v.device) if need_w else None
             step = nf if kept is not None else frequency_chunks(nf, c_out, c_in, phase.element_size())
             for f in range(0, nf, step):

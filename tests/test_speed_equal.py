@@ -1,0 +1,211 @@
+"""The faster paths of issue 24 compute the values of the paths they replace:
+outputs and gradients equal to the old formulas (kept here as references)
+within 1e-6 of each tensor's scale in float32, on random kernels, shapes and
+strides; and the comparison itself catches a planted change of value."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustbench_convnorm.normalizers import cayley as cayley_mod
+from robustbench_convnorm.normalizers.cayley import CayleyConv2d, space_to_depth
+
+RTOL = 1e-6
+
+
+def assert_close_rel(new: torch.Tensor, old: torch.Tensor, what: str, rtol: float = RTOL) -> None:
+    scale = old.abs().max().clamp_min(1e-30)
+    err = ((new - old).abs().max() / scale).item()
+    assert err <= rtol, f"{what}: relative difference {err:.2e} > {rtol:.0e}"
+
+
+# ------------------------------------------------------------------ Cayley
+def cayley_forward_reference(layer: CayleyConv2d, x: torch.Tensor) -> torch.Tensor:
+    """CayleyConv2d.forward before issue 24 (Q applied on strided permuted views)."""
+    s = layer.stride[0]
+    if s > 1:
+        x = space_to_depth(x, s)
+    b, c, h, w = x.shape
+    q = layer.orthogonal_matrices(h, w, torch.float32)
+    xf = torch.fft.rfft2(x).permute(2, 3, 1, 0)
+    y = torch.fft.irfft2((q @ xf).permute(3, 2, 0, 1), s=(h, w))
+    if layer.bias is not None:
+        y = y + layer.bias.view(1, -1, 1, 1)
+    return y
+
+
+def run_both(layer, x, forward_new, forward_old):
+    results = []
+    for fwd in (forward_new, forward_old):
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = fwd(layer, xi)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+        y.backward(g)
+        grads = [xi.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
+        results.append([y.detach()] + grads)
+    return results
+
+
+CAYLEY_CASES = [  # (c_in, c_out, k, stride, batch, size, bias)
+    (4, 4, 3, 1, 3, 8, False),
+    (3, 6, 3, 1, 2, 6, True),     # tall Q
+    (6, 3, 1, 1, 2, 5, False),    # wide Q, odd size
+    (4, 8, 3, 2, 3, 8, False),    # space-to-depth
+]
+
+
+@pytest.mark.parametrize("case", CAYLEY_CASES)
+def test_cayley_new_path_equals_old_outputs_and_gradients(case):
+    c_in, c_out, k, s, n, size, bias = case
+    torch.manual_seed(hash(case) % 1000)
+    layer = CayleyConv2d(c_in, c_out, k, stride=s, bias=bias)
+    x = torch.randn(n, c_in, size, size)
+    new, old = run_both(layer, x, lambda m, t: m(t), cayley_forward_reference)
+    assert len(new) == len(old) == 4 + int(bias)  # output, input grad, weight, alpha (, bias)
+    for i, (a, b) in enumerate(zip(new, old)):
+        assert_close_rel(a, b, f"tensor {i}")
+
+
+def test_cayley_eval_cached_q_equals_old_path():
+    torch.manual_seed(1)
+    layer = CayleyConv2d(5, 5, 3).eval()
+    x = torch.randn(2, 5, 7, 7)
+    with torch.no_grad():
+        assert_close_rel(layer(x), cayley_forward_reference(layer, x), "eval output")
+        assert_close_rel(layer(x), cayley_forward_reference(layer, x), "eval output, cached Q")
+
+
+def test_cayley_comparison_catches_a_planted_change(monkeypatch):
+    # Q applied untransposed (a plausible slip in the new layout) must be caught.
+    def planted(q, xf):
+        xf = xf.permute(2, 3, 0, 1).contiguous()
+        return (xf @ q).permute(2, 3, 0, 1).contiguous()
+
+    monkeypatch.setattr(cayley_mod, "apply_per_frequency", planted)
+    torch.manual_seed(2)
+    layer = CayleyConv2d(4, 4, 3)
+    with pytest.raises(AssertionError):
+        new, old = run_both(layer, torch.randn(2, 4, 6, 6), lambda m, t: m(t), cayley_forward_reference)
+        for a, b in zip(new, old):
+            assert_close_rel(a, b, "planted")
+
+
+# ----------------------------------------------------------------- ConvNorm
+from robustbench_convnorm.normalizers import convnorm_fourier  # noqa: E402
+from robustbench_convnorm.normalizers.convnorm import ConvNorm2d  # noqa: E402
+
+CONVNORM_CASES = [  # (c_in, c_out, k, stride, padding, batch, size, bias, eval mode)
+    (3, 4, 3, 1, 1, 3, 8, False, False),
+    (4, 6, 3, 2, 1, 4, 8, True, False),
+    (5, 3, 3, 2, 0, 2, 7, False, False),
+    (4, 4, 5, 1, 2, 3, 6, False, True),    # eval: the running filter
+    (6, 8, 3, 2, 1, 5, 9, False, True),
+]
+
+
+def convnorm_pair(case, seed):
+    c_in, c_out, k, s, p, n, size, bias, evaluate = case
+    torch.manual_seed(seed)
+    layer = ConvNorm2d(c_in, c_out, k, stride=s, padding=p, bias=bias, affine_init="conv_default")
+    layer.fast_path = True
+    x = torch.randn(n, c_in, size, size)
+    layer(x)  # one training pass: a running filter exists
+    with torch.no_grad():
+        layer.weight.add_(0.1 * torch.randn_like(layer.weight))  # running filter != exact filter
+    layer.train(not evaluate)
+    return layer, x
+
+
+@pytest.mark.parametrize("case", CONVNORM_CASES)
+def test_convnorm_recomputed_input_spectrum_equals_saved_one(case, monkeypatch):
+    # New path: conj(X) rebuilt in backward; old path: saved in forward.
+    layer, x = convnorm_pair(case, seed=sum(case[:7]))
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    results = []
+    for recompute in (True, False):
+        monkeypatch.setattr(convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", recompute)
+        layer.load_state_dict(state)
+        results.append(run_both(layer, x, lambda m, t: m(t), lambda m, t: m(t))[0])
+    new, old = results
+    assert len(new) == len(old) == 1 + 1 + len(list(layer.parameters()))
+    for i, (a, b) in enumerate(zip(new, old)):
+        assert_close_rel(a, b, f"tensor {i}")
+
+
+def test_convnorm_comparison_catches_a_planted_change(monkeypatch):
+    # conj(X) rebuilt in backward on a grid one sample too wide (a wrong FFT
+    # size, cropped back to the right shape) must be caught.
+    real = convnorm_fourier.input_spectrum
+    calls = []
+
+    def planted(x, geo, dtype):
+        calls.append(1)
+        if len(calls) % 2:  # forward: the real one
+            return real(x, geo, dtype)
+        wide = geo._replace(fw=geo.fw + 1)
+        z = real(x, wide, dtype).view(geo.fh, geo.fw + 1, *x.shape[:0], -1)[:, : geo.fw]
+        return z.reshape(geo.fh * geo.fw, (x.shape[0] + 1) // 2, x.shape[1])
+
+    layer, x = convnorm_pair(CONVNORM_CASES[0], seed=3)
+    monkeypatch.setattr(convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", False)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    old = run_both(layer, x, lambda m, t: m(t), lambda m, t: m(t))[0]
+    monkeypatch.setattr(convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", True)
+    monkeypatch.setattr(convnorm_fourier, "input_spectrum", planted)
+    layer.load_state_dict(state)
+    new = run_both(layer, x, lambda m, t: m(t), lambda m, t: m(t))[0]
+    assert calls
+    with pytest.raises(AssertionError, match="weight|tensor 2"):
+        for i, (a, b) in enumerate(zip(new, old)):
+            assert_close_rel(a, b, f"tensor {i}")
+
+
+def pack_reference(x, grid, step, dtype, conjugate):
+    """convnorm_fourier._pack before issue 24: a zero grid, torch.complex with a negated copy."""
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    x = x.to(real)
+    n, c, h, w = x.shape
+    half, pairs = (n + 1) // 2, n // 2
+    (sh, sw) = step
+    buf = torch.zeros(half, c, *grid, dtype=dtype)
+    rows, cols = slice(0, sh * h, sh), slice(0, sw * w, sw)
+    imag = x[half:].neg() if conjugate else x[half:]
+    torch.complex(x[:pairs], imag, out=buf[:pairs, :, rows, cols])
+    if pairs < half:
+        torch.view_as_real(buf)[pairs:, :, rows, cols, 0].copy_(x[pairs:half])
+    return buf
+
+
+@pytest.mark.parametrize("n", [4, 5])
+@pytest.mark.parametrize("step,grid", [((1, 1), (10, 11)), ((2, 2), (17, 17)), ((1, 1), (8, 8))])
+@pytest.mark.parametrize("conjugate", [True, False])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_convnorm_packing_is_bit_identical_to_the_old_one(n, step, grid, conjugate, dtype):
+    x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(n))
+    new = convnorm_fourier._pack(x, grid, step, dtype, conjugate)
+    assert torch.equal(new, pack_reference(x, grid, step, dtype, conjugate))
+    # The zero border is part of the value (an unzeroed empty grid would differ).
+    (sh, sw) = step
+    assert not new[..., sh * 8:, :].any() and not new[..., :, sw * 8:].any()
+
+
+def test_old_vs_new_benchmark_runs_every_variant_and_restores_the_new_paths(capsys):
+    from benchmarks import old_vs_new
+
+    new_apply, new_pack = cayley_mod.apply_per_frequency, convnorm_fourier._pack
+    calls = []
+    real_old = old_vs_new.old_apply_per_frequency
+    old_vs_new.old_apply_per_frequency = lambda q, xf: calls.append(1) or real_old(q, xf)
+    try:
+        assert old_vs_new.main(["--width", "0.0625", "--batch", "2", "--size", "8", "--steps", "1",
+                                "--threads", "1"]) == 0
+    finally:
+        old_vs_new.old_apply_per_frequency = real_old
+    out = capsys.readouterr().out
+    for row in ("| vanilla |", "| convnorm (old packing) |", "| convnorm (conj(X) rebuilt) |",
+                "| cayley (new) |", "| cayley (old strided matmul) |"):
+        assert row in out
+    assert calls, "the 'old' Cayley variant did not run the old formula"
+    assert cayley_mod.apply_per_frequency is new_apply and convnorm_fourier._pack is new_pack
+    assert convnorm_fourier.RECOMPUTE_INPUT_SPECTRUM is False
