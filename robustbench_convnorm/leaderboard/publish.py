@@ -89,10 +89,12 @@ def about_text(command: str, note: str, ids: Sequence[str], prov: Dict[str, List
 
 
 def summary_columns(lb: Leaderboard) -> List[str]:
-    """clean, the ranking metric, every certified accuracy, the first black-box
-    success rate that is not a sanity point, then cost and the network bound."""
+    """clean, the ranking metric, AutoAttack's (or its APGD part's) accuracy, every
+    certified accuracy, the first black-box success rate that is not a sanity
+    point, then cost and the network bound."""
     names = lb.info.names
     cols = [m for m in ("clean_acc", lb.rank_metric) if m in names]
+    cols += [m for m in lb.info.whitebox if m.startswith(("autoattack", "apgd")) and m not in cols]
     cols += [m for m in lb.info.certified if m not in cols]
     ranked, _ = split_sanity(lb, [f"{n}_success_rate" for n in lb.info.blackbox if f"{n}_success_rate" in names])
     cols += ranked[:1]
