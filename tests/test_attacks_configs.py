@@ -55,15 +55,21 @@ def test_every_shipped_config_runs_autoattack_named_for_what_it_is(name):
     cfg, evaluators = _load(name)
     strong = [e for e in evaluators if e.type in APGD_TYPES]
     assert strong, f"{name}.yaml runs no AutoAttack"
-    cpu_sized = name in ("quickstart", "cifar10_small")
+    cpu_sized = name in ("quickstart", "cifar10_small", "lipschitz_layers")
     for e in strong:
         if cpu_sized:
             assert e.type == "apgd_ce_t" and e.name.startswith("apgd_ce_t") and "version" not in e.settings()
         else:
             assert e.type == "autoattack" and e.version == "standard" and e.name == "autoattack"
-        # at the threat model's eps (the training eps of adversarially trained runs, else 8/255)
-        train_eps = (cfg.get("train") or {}).get("eps")
-        assert _close(e.eps, as_float(train_eps, "train.eps") if train_eps is not None else 8 / 255)
+        # at the threat model's eps: the training eps of adversarially trained runs, else the
+        # commonest eps of the config's L-inf PGDs, else 8/255
+        train = cfg.get("train") or {}
+        pgd_eps = [p.eps for p in evaluators if p.type == "pgd" and getattr(p, "norm", "Linf") == "Linf"]
+        if train.get("eps") is not None and train.get("method", "natural") != "natural":
+            want = as_float(train["eps"], "train.eps")
+        else:
+            want = max(pgd_eps, key=pgd_eps.count) if pgd_eps else 8 / 255
+        assert _close(e.eps, want)
 
 
 def test_table2_runs_both_simba_scores_on_the_same_settings():
