@@ -106,16 +106,6 @@ def git_sha() -> Optional[str]:
     return (sha + ("-dirty" if dirty else "")) if sha else None
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device) -> Dict[str, Any]:
     """What changes the last digits of a run besides its config: threads,
     determinism and cuDNN flags, and the device (README numbers are exact
@@ -131,7 +121,7 @@ def environment(device) -> Dict[str, Any]:
         "cudnn": {"available": cudnn.is_available(), "enabled": cudnn.enabled, "benchmark": cudnn.benchmark,
                   "deterministic": cudnn.deterministic, "allow_tf32": cudnn.allow_tf32},
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else reproducible.cpu_model(),
         "cpu_model": reproducible.cpu_model(),
         # the CPU kernel paths: mode in effect, pinning variables, ATen capability, oneDNN (reproducible.py)
         "reproducible": reproducible.describe(),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.old_vs_new import old_pack  # convnorm_fourier._pack before issue 24
+
 from robustbench_convnorm.normalizers import cayley as cayley_mod
 from robustbench_convnorm.normalizers.cayley import CayleyConv2d, space_to_depth
 
@@ -161,22 +163,6 @@ def test_convnorm_comparison_catches_a_planted_change(monkeypatch):
             assert_close_rel(a, b, f"tensor {i}")
 
 
-def pack_reference(x, grid, step, dtype, conjugate):
-    """convnorm_fourier._pack before issue 24: a zero grid, torch.complex with a negated copy."""
-    real = torch.float64 if dtype == torch.complex128 else torch.float32
-    x = x.to(real)
-    n, c, h, w = x.shape
-    half, pairs = (n + 1) // 2, n // 2
-    (sh, sw) = step
-    buf = torch.zeros(half, c, *grid, dtype=dtype)
-    rows, cols = slice(0, sh * h, sh), slice(0, sw * w, sw)
-    imag = x[half:].neg() if conjugate else x[half:]
-    torch.complex(x[:pairs], imag, out=buf[:pairs, :, rows, cols])
-    if pairs < half:
-        torch.view_as_real(buf)[pairs:, :, rows, cols, 0].copy_(x[pairs:half])
-    return buf
-
-
 @pytest.mark.parametrize("n", [4, 5])
 @pytest.mark.parametrize("step,grid", [((1, 1), (10, 11)), ((2, 2), (17, 17)), ((1, 1), (8, 8))])
 @pytest.mark.parametrize("conjugate", [True, False])
@@ -184,7 +170,7 @@ def pack_reference(x, grid, step, dtype, conjugate):
 def test_convnorm_packing_is_bit_identical_to_the_old_one(n, step, grid, conjugate, dtype):
     x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(n))
     new = convnorm_fourier._pack(x, grid, step, dtype, conjugate)
-    assert torch.equal(new, pack_reference(x, grid, step, dtype, conjugate))
+    assert torch.equal(new, old_pack(x, grid, step, dtype, conjugate))
     # The zero border is part of the value (an unzeroed empty grid would differ).
     (sh, sw) = step
     assert not new[..., sh * 8:, :].any() and not new[..., :, sw * 8:].any()

@@ -35,6 +35,20 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+def preact_stages(normalizer, in_planes, stages, batchnorm, activation):
+    """Stages of PreActBlocks from (planes, blocks) pairs: every stage after the
+    first halves the resolution in its first block. Returns (stages, out planes)."""
+    out = []
+    for i, (planes, n) in enumerate(stages):
+        blocks = []
+        for j in range(n):
+            blocks.append(PreActBlock(normalizer, in_planes, planes, 2 if (i > 0 and j == 0) else 1, batchnorm,
+                                      activation))
+            in_planes = planes
+        out.append(nn.Sequential(*blocks))
+    return out, in_planes
+
+
 class PreActResNet(nn.Module):
     def __init__(self, normalizer, num_blocks, num_classes, in_channels, mean, std, batchnorm, width=1.0,
                  activation="relu"):
@@ -42,14 +56,7 @@ class PreActResNet(nn.Module):
         widths = [scaled(w, width) for w in (64, 128, 256, 512)]
         self.normalize = InputNormalize(mean, std)
         self.conv1 = make_conv(normalizer, "stem", in_channels, widths[0], 3, 1, 1)
-        layers, in_planes = [], widths[0]
-        for i, (planes, n) in enumerate(zip(widths, num_blocks)):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(PreActBlock(normalizer, in_planes, planes, stride, batchnorm, activation))
-                in_planes = planes
-            layers.append(nn.Sequential(*blocks))
+        layers, in_planes = preact_stages(normalizer, widths[0], zip(widths, num_blocks), batchnorm, activation)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.bn = norm_layer(in_planes, batchnorm)
         self.act = make_activation(activation)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .activations import make_activation
 from .common import InputNormalize, make_conv, norm_layer, scaled
-from .preact_resnet import PreActBlock
+from .preact_resnet import preact_stages
 from .registry import register_model
 
 
@@ -26,14 +26,8 @@ class WideResNet(nn.Module):
         widths = [scaled(16, width)] + [scaled(16 * widen_factor * m, width) for m in (1, 2, 4)]
         self.normalize = InputNormalize(mean, std)
         self.conv1 = make_conv(normalizer, "stem", in_channels, widths[0], 3, 1, 1)
-        stages, in_planes = [], widths[0]
-        for i, planes in enumerate(widths[1:]):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(PreActBlock(normalizer, in_planes, planes, stride, batchnorm, activation))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
+        stages, in_planes = preact_stages(normalizer, widths[0], [(planes, n) for planes in widths[1:]], batchnorm,
+                                          activation)
         self.block1, self.block2, self.block3 = stages
         self.bn = norm_layer(in_planes, batchnorm)
         self.act = make_activation(activation)
