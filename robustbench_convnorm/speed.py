@@ -202,8 +202,14 @@ def channels_last_fault(model: nn.Module, device: torch.device) -> Optional[str]
     if device.type != "cpu":
         return None
     for name, module in model.named_modules():
-        if (isinstance(module, nn.Conv2d) and module.in_channels < CHANNELS_LAST_MIN_CHANNELS_CPU
-                and tuple(module.kernel_size) == (1, 1) and max(module.stride) > 1):
+        # nn.Conv2d and the normalizers' conv layers (ConvNorm2d calls F.conv2d itself): duck-typed
+        kernel, stride = getattr(module, "kernel_size", None), getattr(module, "stride", None)
+        channels = getattr(module, "in_channels", None)
+        if kernel is None or stride is None or not isinstance(channels, int):
+            continue
+        kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel, kernel)
+        stride = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
+        if channels < CHANNELS_LAST_MIN_CHANNELS_CPU and kernel == (1, 1) and max(stride) > 1:
             return name
     return None
 

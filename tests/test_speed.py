@@ -354,6 +354,11 @@ def test_channels_last_is_turned_off_for_a_model_with_the_crashing_cpu_conv():
     assert speed.for_model(on, wide, CPU, log=said.append).channels_last is True
     assert speed.for_model(on, tiny, torch.device("cuda"), log=said.append).channels_last is True
     assert len(said) == 1
+    # a normalizer's own conv layer that calls F.conv2d itself (ConvNorm's 1x1 shortcut) counts too
+    tiny_convnorm = build_model("resnet18", get_normalizer("convnorm"), num_classes=10, in_channels=3,
+                                mean=(0.5,) * 3, std=(0.25,) * 3, batchnorm=False, width=0.0625)
+    assert speed.for_model(on, tiny_convnorm, CPU, log=said.append).channels_last is False
+    assert "layer2.0.shortcut.0" in said[-1]
 
 
 def test_free_at_step_of_the_tiny_resnet_runs_with_channels_last_auto_on_cpu():
