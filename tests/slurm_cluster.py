@@ -33,8 +33,17 @@ def _run(cmd, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
     return proc
 
 
+def _with_sbin() -> None:
+    """SLURM's and munge's daemons install into /usr/sbin; a root environment whose
+    PATH lacks the sbin folders (``env -i``, some CI runners) would not find them."""
+    parts = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    os.environ["PATH"] = os.pathsep.join(parts + [d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin")
+                                                  if d not in parts])
+
+
 def ensure_installed() -> None:
     """apt-get install the packages when a daemon is missing (apt-get update once if needed)."""
+    _with_sbin()
     if all(shutil.which(d) for d in DAEMONS):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
