@@ -41,9 +41,11 @@ def _with_sbin() -> None:
                                                   if d not in parts])
 
 
+_with_sbin()  # before any cluster copies the environment for its daemons
+
+
 def ensure_installed() -> None:
     """apt-get install the packages when a daemon is missing (apt-get update once if needed)."""
-    _with_sbin()
     if all(shutil.which(d) for d in DAEMONS):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
