@@ -37,8 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Normalizer
-from .convnorm_ops import pair
-from .lipschitz_ops import bjorck, schur_norm_bound, space_to_depth
+from .lipschitz_ops import odd_square_kernel, bjorck, schur_norm_bound, space_to_depth
 from .registry import register_normalizer
 
 PADDING_MODES = ("circular", "zeros")
@@ -69,12 +68,7 @@ class BCOPConv2d(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, *,
                  bjorck_iterations: int = 20, padding_mode: str = "circular"):
         super().__init__()
-        kh, kw = pair(kernel_size)
-        sh, sw = pair(stride)
-        if kh != kw or kh % 2 == 0:
-            raise ValueError(f"bcop: needs an odd square kernel, got {kernel_size}")
-        if sh != sw or sh < 1:
-            raise ValueError(f"bcop: needs equal positive strides, got {stride}")
+        kh, sh = odd_square_kernel("bcop", kernel_size, stride)
         self.in_channels, self.out_channels, self.stride, self.k = int(in_channels), int(out_channels), sh, kh
         self.conv_in_channels = self.in_channels * sh * sh
         c = max(self.conv_in_channels, self.out_channels)

@@ -20,6 +20,19 @@ import torch
 import torch.nn.functional as F
 
 from .cayley import space_to_depth  # noqa: F401  (re-exported: the layers' stride emulation)
+from .convnorm_ops import pair
+
+
+def odd_square_kernel(layer: str, kernel_size, stride):
+    """(k, s) for a layer that needs an odd square kernel and equal positive
+    strides (emulated by space_to_depth); a ValueError naming the layer otherwise."""
+    kh, kw = pair(kernel_size)
+    sh, sw = pair(stride)
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"{layer}: needs an odd square kernel, got {kernel_size}")
+    if sh != sw or sh < 1:
+        raise ValueError(f"{layer}: needs equal positive strides, got {stride}")
+    return kh, sh
 
 
 def self_convolution(kernel: torch.Tensor) -> torch.Tensor:

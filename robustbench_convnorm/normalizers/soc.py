@@ -41,8 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Normalizer
-from .convnorm_ops import pair
-from .lipschitz_ops import schur_sums, space_to_depth
+from .lipschitz_ops import odd_square_kernel, schur_sums, space_to_depth
 from .registry import register_normalizer
 
 
@@ -80,16 +79,11 @@ class SOCConv2d(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, *,
                  train_terms: int = 5, eval_terms: int = 12, correction: float = 0.7):
         super().__init__()
-        kh, kw = pair(kernel_size)
-        sh, sw = pair(stride)
-        if kh != kw or kh % 2 == 0:
-            raise ValueError(f"soc: needs an odd square kernel, got {kernel_size}")
-        if sh != sw or sh < 1:
-            raise ValueError(f"soc: needs equal positive strides, got {stride}")
+        kh, sh = odd_square_kernel("soc", kernel_size, stride)
         self.in_channels, self.out_channels, self.stride = int(in_channels), int(out_channels), sh
         self.channels = max(self.in_channels * sh * sh, self.out_channels)
         self.train_terms, self.eval_terms, self.correction = int(train_terms), int(eval_terms), float(correction)
-        self.weight = nn.Parameter(torch.empty(self.channels, self.channels, kh, kw))
+        self.weight = nn.Parameter(torch.empty(self.channels, self.channels, kh, kh))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
 
