@@ -1,5 +1,6 @@
 """Shared by the tests/test_integrity_*.py files: a tiny config that trains in
 about a second, and ways to run the CLI in this process or in another."""
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,6 +25,17 @@ TINY = {
 def write_config(tmp_path, out, **changes):
     """TINY with ``section__key=value`` (or ``section=value``) changes, writing to tmp_path/out."""
     return cli_util.write_config(tmp_path / f"{out}.yaml", tmp_path / out, TINY, **changes)
+
+
+def private_copy(trained, tmp_path):
+    """A copy of a module's trained output folder in this test's tmp_path, and the
+    run CLI pointed at it: ``(cli(*args) -> exit code, folder)``."""
+    from robustbench_convnorm import run
+
+    cfg, out = trained
+    mine = tmp_path / "out"
+    shutil.copytree(out, mine)
+    return (lambda *args: run.main([str(cfg), "--set", f"output_dir={mine}", *args])), mine
 
 
 def run_dirs(out_dir):

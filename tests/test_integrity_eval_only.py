@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from integrity_common import run_dirs, write_config
+from integrity_common import private_copy, run_dirs, write_config
 from robustbench_convnorm import run
 
 
@@ -23,10 +23,7 @@ def trained(tmp_path_factory):
 @pytest.fixture
 def copy_of(trained, tmp_path):
     """A private copy of the trained output; ``args`` runs the CLI on it."""
-    cfg, out = trained
-    mine = tmp_path / "out"
-    shutil.copytree(out, mine)
-    return lambda *args: run.main([str(cfg), "--set", f"output_dir={mine}", *args]), mine
+    return private_copy(trained, tmp_path)
 
 
 def _results(out):

@@ -4,11 +4,10 @@ run's outcome: it is named in a warning, the run is redone (here: resumed from
 its finished checkpoint and re-evaluated), and the closing summary never
 crashes on it (issue 19, item 7)."""
 import json
-import shutil
 
 import pytest
 
-from integrity_common import run_dirs, write_config
+from integrity_common import private_copy, run_dirs, write_config
 from robustbench_convnorm import run
 from robustbench_convnorm.records import inspect_record, record_problem
 
@@ -23,11 +22,9 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def copy_of(trained, tmp_path):
-    cfg, out = trained
-    mine = tmp_path / "out"
-    shutil.copytree(out, mine)
+    cli, mine = private_copy(trained, tmp_path)
     (run_dir,) = run_dirs(mine)
-    return (lambda *args: run.main([str(cfg), "--set", f"output_dir={mine}", *args])), run_dir
+    return cli, run_dir
 
 
 def _edit(run_dir, change):
