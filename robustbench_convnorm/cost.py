@@ -23,10 +23,6 @@ from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 
-#: the cost fields of a record's ``cost`` (and the leaderboard's cost columns)
-FIELDS = ("train_seconds", "train_seconds_per_epoch", "train_images_per_second", "peak_memory_mb", "params",
-          "eval_seconds")
-
 
 def _release_freed_memory() -> None:
     """Give memory that earlier runs of this process freed back to the system
