@@ -73,6 +73,35 @@ def tiny_copy(source: Path, target: Path, per_class: Dict[str, int]) -> Path:
     return target
 
 
+def evaluated_subset(source: Path, target: Path, n_examples: int, seed: int = 0) -> Path:
+    """``target``/test.zip holding only the ``n_examples`` test images an
+    evaluation with ``eval.n_examples: n_examples`` and ``eval.seed: seed``
+    picks from ``source``/test.zip (the protocol's seeded permutation of the
+    images in the image-folder order: class, then name), in the same order.
+    An evaluation of every image of the subset is then one of those same
+    images; only SimBA's walk for correctly classified images (its order is a
+    permutation of the subset) may pick others."""
+    import numpy as np
+    import torch
+
+    with zipfile.ZipFile(Path(source) / "test.zip") as src:
+        members = [info for info in src.infolist()
+                   if not info.is_dir() and len(Path(info.filename).parts) >= 3
+                   and Path(info.filename).parts[-3] == "test"]
+        classes = sorted({Path(i.filename).parts[-2] for i in members})
+        members.sort(key=lambda i: (classes.index(Path(i.filename).parts[-2]), i.filename))
+        if n_examples > len(members):
+            raise ValueError(f"{source}/test.zip holds {len(members)} test images, fewer than {n_examples}")
+        order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).numpy()
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / "test.zip.partial"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
+            for k in np.sort(order[:n_examples]):
+                dst.writestr(members[k], src.read(members[k]))
+    tmp.replace(target / "test.zip")
+    return target / "test.zip"
+
+
 def data_section(data: Optional[Path], train_fraction: float = 1.0, cache: bool = True) -> Dict:
     """The config's data section: the JPEG copy in ``data`` (a class-stratified
     ``train_fraction`` of its training images), or, when ``data`` is None,

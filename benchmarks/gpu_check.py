@@ -7,7 +7,7 @@ Made for a lent GPU machine that gives one command about ten minutes and
 sends back a few files: the parts below run in order, each in its own process
 with a time budget (a part that overruns is stopped and reported as ``cut``;
 the parts after it still run), and every result lands in ``--out`` as at most
-eight files (``OUTPUTS``). The budgets add up to 455 s on one H100 (``PARTS``;
+eight files (``OUTPUTS``). The budgets add up to 515 s on one H100 (``PARTS``;
 the estimates beside them are guesses, to be replaced by what a run reports).
 
 ``--rehearse`` runs the same plan on the CPU at tiny sizes (a few hundred
@@ -125,7 +125,14 @@ def _e2e(c: Context) -> List[str]:
             "--out", str(c.work / "e2e.json")]
 
 
-#: In order. Budgets are caps (455 s together, leaving 25 s of the eight
+def _equal_compute(c: Context) -> List[str]:
+    size = (["--budget", "3s", "--batch", "32", "--eval-images", "20", "--no-cache", *TINY] if c.rehearse
+            else ["--budget", "15s", "--eval-images", "1000", "--device", "cuda"])
+    return ["-m", "benchmarks.equal_compute", *c.data_args(), *size, "--work", str(c.work / "equal_compute"),
+            "--out", str(c.work / "equal_compute.json")]
+
+
+#: In order. Budgets are caps (515 s together, leaving 25 s of the nine
 #: minutes for the check's own start-up and packing); estimates are guesses
 #: for one H100 from the CPU measurements and the paper's RTX 8000 timings,
 #: to be replaced by what a GPU run reports. compile: two cold compilations
@@ -134,17 +141,19 @@ PARTS: List[Part] = [
     Part("environment", 15, 5, "GPU, memory, driver, CUDA, cuDNN, torch and torchattacks versions",
          lambda c: ["-m", "benchmarks.environment", "--out", str(c.work / "environment.json")]),
     Part("tests", 40, 20, "the tests that need CUDA (pytest -m cuda), each with its outcome", _tests),
-    Part("replay", 45, 30, "free-AT replay per normalizer, ResNet-18 width 1.0, batch 128 and 512", _replay),
-    Part("fast_path", 85, 55, "each fast-path switch and bf16 autocast against the plain path, batch 128",
+    Part("replay", 40, 30, "free-AT replay per normalizer, ResNet-18 width 1.0, batch 128 and 512", _replay),
+    Part("fast_path", 80, 55, "each fast-path switch and bf16 autocast against the plain path, batch 128",
          _fast_path(FAST_PATH_SWITCHES, "fast_path.csv", None, REHEARSAL_NORMALIZERS)),
     Part("compile", 75, 60, "torch.compile against the plain path (vanilla, ConvNorm), cold compilations included",
          # rehearsal: aot_eager traces like inductor without generating code (minutes less on a CPU)
          _fast_path("compile", "compile.csv", COMPILE_NORMALIZERS, "vanilla", ["--compile-backend", "aot_eager"])),
     Part("attacks", 40, 30, "PGD-20 over 10,000 images; SimBA on 1000 images (1000 iterations, extrapolated)",
          _attacks),
-    Part("table8", 100, 75, "[CN] Table 8: one epoch of natural training, vanilla / ConvNorm / Cayley", _table8),
+    Part("table8", 90, 75, "[CN] Table 8: one epoch of natural training, vanilla / ConvNorm / Cayley", _table8),
     Part("e2e", 55, 40, "robustbench_convnorm.run end to end: free AT, stop after epoch 1, resume, evaluate",
          _e2e),
+    Part("equal_compute", 80, 65, "configs/cifar10_budget.yaml sliced: vanilla, ConvNorm, AOL, 15 s of free AT "
+         "each on the 50,000 JPEG images, evaluated on 1000 test images", _equal_compute),
 ]
 #: budgets when rehearsing on a (possibly busy) CPU: generous, since a cut
 #: part would fail the rehearsal that CI runs
@@ -253,13 +262,15 @@ def main(argv=None) -> int:
     device = "cuda" if environment.get("cuda_available") and not args.rehearse else "cpu"
     table, amp, notes = derive(fast_rows, device) if fast_rows else ({}, False, ["no fast-path rows"])
     e2e = json.loads((work / "e2e.json").read_text()) if (work / "e2e.json").exists() else {}
+    equal = (json.loads((work / "equal_compute.json").read_text()) if (work / "equal_compute.json").exists()
+             else {})
     check = {
         "mode": "rehearsal" if args.rehearse else "gpu", "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": round(wall_s, 1), "budget_total_s": sum(r.budget_s for r in results if r.status != "skipped"),
         "data": str(ctx.data) if ctx.data else "generated images (no CIFAR-10 JPEG copy found)",
         "parts": [dict(r.as_dict(), estimate_s=next(x.estimate_s for x in PARTS if x.name == r.name),
                        what=next(x.what for x in PARTS if x.name == r.name)) for r in results],
-        "environment": environment, "e2e": e2e,
+        "environment": environment, "e2e": e2e, "equal_compute": equal,
         "verdicts": {"device": device, "measured_defaults": table, "amp_auto": amp, "notes": notes},
         "files": list(OUTPUTS),
     }

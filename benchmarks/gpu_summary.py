@@ -71,6 +71,19 @@ def _e2e(check: Dict, with_table: bool = True) -> List[str]:
     return lines + [""]
 
 
+EQUAL_COMPUTE_COLUMNS = ["normalizer", "status", "epochs", "estimated_epoch_s", "train_seconds", "peak_memory_mb",
+                         "clean_acc", "pgd20_acc", "apgd_ce_t_iterations20_targets3_acc", "certified_acc"]
+
+
+def _equal_compute(check: Dict) -> List[str]:
+    equal = check.get("equal_compute") or {}
+    if not equal:
+        return ["no result (see the equal_compute part's status and log)", ""]
+    return [f"Every run trained for `{equal.get('budget')}` (configs/cifar10_budget.yaml, sliced); the run "
+            "records are in logs.tar.gz (equal_compute/results/runs/), ready for `robustbench-convnorm publish`.",
+            "", _table(equal.get("runs", []), EQUAL_COMPUTE_COLUMNS), ""]
+
+
 def _head(check: Dict) -> List[str]:
     rehearsal = check["mode"] == "rehearsal"
     parts = check["parts"]
@@ -97,6 +110,7 @@ def render_digest(check: Dict, out: Path) -> str:
                             "## [CN] Table 8 (paper: RTX 8000)", "",
                             _table(read_rows(out / "table8.csv"), TABLE8_COLUMNS)]
     lines += _verdicts(check, out) + ["## End to end", ""] + _e2e(check, with_table=False)
+    lines += ["## Equal compute (a slice of configs/cifar10_budget.yaml)", ""] + _equal_compute(check)
     return "\n".join(lines)
 
 
@@ -119,6 +133,7 @@ def render_summary(check: Dict, out: Path) -> str:
               _table(read_rows(out / "table8.csv"), TABLE8_COLUMNS + ["speed"]),
               "## End to end through `python -m robustbench_convnorm.run`", ""]
     lines += _e2e(check)
+    lines += ["## Equal compute: a budgeted slice of configs/cifar10_budget.yaml", ""] + _equal_compute(check)
     where = "this folder" if rehearsal else str(out)
     lines += ["## What to do with it", "",
               f"- record the CUDA numbers: `python -m benchmarks.run --from-gpu-check {where}` (writes "

@@ -1,5 +1,6 @@
 """The GPU check: its plan fits a lent machine, its parts are budgeted, its
 verdicts follow the measured-defaults rule, and (slow) its rehearsal runs."""
+import io
 import json
 import os
 import re
@@ -7,11 +8,14 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from benchmarks import gpu_check, gpu_prep, report, verdicts
+from benchmarks import cifar_jpeg, gpu_check, gpu_prep, report, verdicts
 from benchmarks.budget import run_part
 from robustbench_convnorm import speed
 
@@ -97,10 +101,10 @@ def test_a_part_over_its_budget_is_cut_with_its_children_and_the_next_runs(tmp_p
 
 
 def test_the_plan_fits_a_lent_machine():
-    """Eight minutes on one H100 (20 s of it left for the check's own start-up
+    """Nine minutes on one H100 (20 s of it left for the check's own start-up
     and packing), at most eight files back with plain names, one command
     under 2000 characters that carries the wheel and the data."""
-    assert sum(p.budget_s for p in gpu_check.PARTS) <= 8 * 60 - 20
+    assert sum(p.budget_s for p in gpu_check.PARTS) <= 9 * 60 - 20
     assert all(p.estimate_s <= p.budget_s for p in gpu_check.PARTS)
     assert len(gpu_check.OUTPUTS) <= 8
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in gpu_check.OUTPUTS)
@@ -201,6 +205,43 @@ def test_what_travels_is_the_tree_git_would_send_plus_the_carried_folders(tmp_pa
     assert sizes == {"tree": 100 + 10 + len("/.data/\n/ignored.bin\n"), ".data": 1000, ".whl": 0}
 
 
+def test_the_checkout_leaves_room_for_what_the_gpu_check_carries():
+    """The tree (tracked files, published results included) plus train.zip, the
+    test subset and the wheel must fit the 64 MiB a device call takes: a tree
+    that grew past it would make the GPU check impossible to send."""
+    tree = gpu_prep.travelling_bytes(ROOT, carry=())["tree"]
+    assert tree + gpu_prep.CARRIED_BYTES <= gpu_prep.LIMIT_BYTES, (
+        f"the checkout is {tree / 2 ** 20:.2f} MiB: with the carried data it is over 64 MiB")
+
+
+def _jpeg_zip(path, split, per_class):
+    from PIL import Image
+    with zipfile.ZipFile(path, "w") as zf:
+        for c, cls in enumerate(("b_cls", "a_cls", "c_cls")):   # written out of order on purpose
+            for i in range(per_class):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((4, 4, 3), 20 * c + i, np.uint8)).save(buf, "JPEG", quality=95)
+                zf.writestr(f"{split}/{cls}/img{i:02d}.jpg", buf.getvalue())
+
+
+def test_the_travelling_test_subset_is_the_images_the_evaluation_picks(tmp_path):
+    """evaluated_subset keeps exactly x_test[sort(randperm(n, seed)[:k])] of the
+    image-folder order (class, then name), so a GPU evaluation of the whole
+    subset sees the images the CPU run's eval.n_examples picked."""
+    from robustbench_convnorm.data.imagefolder import _load_split
+    src = tmp_path / "src"
+    src.mkdir()
+    _jpeg_zip(src / "test.zip", "test", 7)
+    full_x, full_y, classes = _load_split(src, "test", None, "RGB", None)
+    cifar_jpeg.evaluated_subset(src, tmp_path / "sub", 8, seed=3)
+    sub_x, sub_y, _ = _load_split(tmp_path / "sub", "test", classes, "RGB", None)
+    idx = np.sort(torch.randperm(21, generator=torch.Generator().manual_seed(3)).numpy()[:8])
+    assert np.array_equal(sub_x, full_x[idx]) and np.array_equal(sub_y, full_y[idx])
+    assert not np.array_equal(idx, np.arange(8))  # a planted "first k" would fail
+    again = cifar_jpeg.evaluated_subset(src, tmp_path / "again", 8, seed=3)
+    assert again.read_bytes() == (tmp_path / "sub" / "test.zip").read_bytes()
+
+
 @pytest.mark.slow
 def test_the_rehearsal_runs_every_part_and_writes_every_file(tmp_path, request):
     """``--rehearse``: the GPU plan on the CPU at tiny sizes, on real JPEGs of
@@ -219,6 +260,9 @@ def test_the_rehearsal_runs_every_part_and_writes_every_file(tmp_path, request):
     check = json.loads((out / "check.json").read_text())
     assert check["mode"] == "rehearsal" and [p["status"] for p in check["parts"]] == ["ok"] * len(gpu_check.PARTS)
     assert check["e2e"]["ok"] and check["environment"]["torch"]
+    equal = check["equal_compute"]
+    assert equal["ok"] and len(equal["runs"]) == 3 and {r["status"] for r in equal["runs"]} == {"finished"}
+    assert all(r["epochs"] >= 1 and r["budget"] == "3s" and r["train_seconds"] > 0 for r in equal["runs"])
     tests = (out / "tests.csv").read_text()
     assert "test_on_cuda" in tests and "skipped" in tests
     for name, at_least in (("replay.csv", 6), ("fast_path.csv", 10), ("attacks.csv", 3), ("table8.csv", 3)):
@@ -230,5 +274,7 @@ def test_the_rehearsal_runs_every_part_and_writes_every_file(tmp_path, request):
     assert "MEASURED_DEFAULTS" in summary and "'cpu': {" in summary
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = tar.getnames()
-    assert "logs/e2e.log" in names and "junit.xml" in names and not any(n.endswith(".pt") for n in names)
+    assert "logs/e2e.log" in names and "junit.xml" in names and "equal_compute/equal_compute.yaml" in names
+    assert any(n.startswith("equal_compute/results/runs/") and n.endswith("record.json") for n in names)
+    assert not any(n.endswith(".pt") for n in names)
     print(f"rehearsal: {wall:.0f} s wall, {check['wall_s']} s inside")

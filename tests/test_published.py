@@ -1,6 +1,7 @@
 """Published results (results/published/<name>/, made by `robustbench-convnorm
 publish`): each folder's leaderboard is what its committed records give, and
 the README quotes its ranking table as it is."""
+import gzip
 import json
 import re
 from pathlib import Path
@@ -62,8 +63,15 @@ def test_publish_copies_records_not_checkpoints_and_the_rebuild_matches(tmp_path
     written = publish(res, dest, command="make demo", note="A test.")
     assert not list(dest.rglob("checkpoint*"))
     assert sorted(p.name for p in (dest / "runs").iterdir()) == sorted(p.name for p in (res / "runs").iterdir())
-    assert all({f.name for f in d.iterdir()} == {"record.json", "per_example.csv", "train_log.csv"}
+    assert all({f.name for f in d.iterdir()} == {"record.json", "per_example.csv.gz", "train_log.csv"}
                for d in (dest / "runs").iterdir())
+    for d in (dest / "runs").iterdir():  # gzipped whole, and the same bytes when published again
+        original = (res / "runs" / d.name / "per_example.csv").read_bytes()
+        assert gzip.decompress((d / "per_example.csv.gz").read_bytes()) == original
+    assert not list(dest.rglob("*.pdf")) and "plot_pareto_pdf" not in written
+    packed = {p: p.read_bytes() for p in dest.rglob("*.gz")}
+    publish(res, dest, command="make demo", note="A test.")
+    assert {p: p.read_bytes() for p in dest.rglob("*.gz")} == packed
     about = (dest / ABOUT).read_text()
     assert "`make demo`" in about and "CPU X" in about and "A test." in about
     assert ranking_rows(written["md"].read_text())

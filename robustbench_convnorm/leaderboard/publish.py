@@ -12,6 +12,7 @@ committed one, so a published table can never drift from its records.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 import sys
@@ -22,12 +23,15 @@ from .. import atomic
 from . import cells
 from .board import Leaderboard, assemble
 from .build import build_leaderboard
+from .records import PER_EXAMPLE, PER_EXAMPLE_GZ
 from .render_markdown import md_table, value_cell
 from .sanity import split_sanity
 
 PROG = "robustbench-convnorm publish"
-#: the files of a run that are published (small, and all a leaderboard reads)
-RUN_FILES = ("record.json", "per_example.csv", "train_log.csv")
+#: the files of a run that are published (small, and all a leaderboard reads);
+#: per_example.csv is stored gzipped (a quarter of the size: results/published/
+#: travels with every checkout sent to a GPU machine, where 64 MiB is all)
+RUN_FILES = ("record.json", PER_EXAMPLE, "train_log.csv")
 ABOUT = "PUBLISHED.md"
 #: the compact table the README quotes: one row per model, the columns of summary_columns
 SUMMARY = "summary.md"
@@ -49,11 +53,28 @@ def copy_runs(results_dir: Path, dest: Path) -> List[str]:
     for run in runs:
         (staging / run.name).mkdir(parents=True)
         for name in RUN_FILES:
-            if (run / name).exists():
+            if name == PER_EXAMPLE and (run / name).exists():
+                gzip_file(run / name, staging / run.name / PER_EXAMPLE_GZ)
+            elif (run / name).exists():
                 shutil.copy2(run / name, staging / run.name / name)
     shutil.rmtree(dest / "runs", ignore_errors=True)
     staging.rename(dest / "runs")
     return [r.name for r in runs]
+
+
+def gzip_file(src: Path, dst: Path) -> None:
+    """``src`` gzipped into ``dst``, byte for byte the same each time (no name or
+    time in the header), so republishing unchanged runs changes no file."""
+    with open(src, "rb") as f, open(dst, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as out:
+        shutil.copyfileobj(f, out)
+
+
+def drop_pdfs(written: Dict[str, Path]) -> Dict[str, Path]:
+    """The plots as PNG only: the PDFs double the plots' size for no reader of a published folder."""
+    for key in [k for k in written if k.endswith("_pdf")]:
+        written.pop(key).unlink(missing_ok=True)
+    return written
 
 
 def provenance(dest: Path) -> Dict[str, List[str]]:
@@ -79,7 +100,7 @@ def about_text(command: str, note: str, ids: Sequence[str], prov: Dict[str, List
              f"- torch: {', '.join(prov['torch'])}",
              f"- commit(s) of the code that made them: {', '.join(prov['git_sha'])}",
              f"- records created: {dates}",
-             "", "Each `runs/<run_id>/` holds the run's record.json, per_example.csv and train_log.csv "
+             "", "Each `runs/<run_id>/` holds the run's record.json, per_example.csv (gzipped) and train_log.csv "
                  "(no checkpoints). `leaderboard.md`, `summary.md` (what the README quotes), the CSVs and "
                  "the plots were built from them by "
                  "`robustbench-convnorm publish`; tests/test_published.py rebuilds them in CI."]
@@ -122,7 +143,7 @@ def publish(results_dir, dest, command: str, note: str = "") -> Dict[str, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     ids = copy_runs(results_dir, dest)
     atomic.write_text(dest / ABOUT, about_text(command, note, ids, provenance(dest)))
-    written = build_leaderboard(dest, formats=FORMATS)
+    written = drop_pdfs(build_leaderboard(dest, formats=FORMATS))
     written["summary"] = atomic.write_text(dest / SUMMARY, summary(assemble(dest)))
     return written
 

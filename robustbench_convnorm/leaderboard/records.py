@@ -20,6 +20,8 @@ import pandas as pd
 from .. import identity
 
 PER_EXAMPLE = "per_example.csv"
+#: how a published run stores it (results/published/ travels to GPU machines: size counts)
+PER_EXAMPLE_GZ = PER_EXAMPLE + ".gz"
 TRAIN_LOG = "train_log.csv"
 # Grid axes that are already part of the row key (or the seed); legacy records only.
 _AXES_IN_KEY = {"seeds", "normalizers", "batchnorm", "data.source", "model.arch", "train.method", "train.eps"}
@@ -89,11 +91,14 @@ class Run:
         return self.path.parent
 
     def per_example(self) -> Optional[pd.DataFrame]:
-        """per_example.csv beside the record (read once), or None if absent or unreadable."""
+        """per_example.csv beside the record (read once; a published run keeps it
+        gzipped, per_example.csv.gz), or None if absent or unreadable."""
         if self._per_example is None:
+            plain = self.run_dir / PER_EXAMPLE
+            path = plain if plain.exists() else self.run_dir / PER_EXAMPLE_GZ
             try:
-                self._per_example = pd.read_csv(self.run_dir / PER_EXAMPLE)
-            except (OSError, ValueError, pd.errors.ParserError):
+                self._per_example = pd.read_csv(path)
+            except (OSError, ValueError, EOFError, pd.errors.ParserError):
                 self._per_example = False
         return self._per_example if self._per_example is not False else None
 
