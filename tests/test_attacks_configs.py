@@ -55,7 +55,7 @@ def test_every_shipped_config_runs_autoattack_named_for_what_it_is(name):
     cfg, evaluators = _load(name)
     strong = [e for e in evaluators if e.type in APGD_TYPES]
     assert strong, f"{name}.yaml runs no AutoAttack"
-    cpu_sized = name in ("quickstart", "cifar10_small", "lipschitz_layers")
+    cpu_sized = name in ("quickstart", "cifar10_small", "lipschitz_layers", "cifar10_budget")
     for e in strong:
         if cpu_sized:
             assert e.type == "apgd_ce_t" and e.name.startswith("apgd_ce_t") and "version" not in e.settings()

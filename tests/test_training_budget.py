@@ -91,3 +91,12 @@ def test_a_time_budget_equals_its_replay_with_the_fixed_epochs_and_survives_a_re
     assert res_b.status == "finished" and res_b.plan.epochs == 3
     for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_the_dry_run_shows_the_budget_not_the_epochs_it_will_not_train(tmp_path):
+    from robustbench_convnorm.run.grid import print_grid
+
+    lines = []
+    print_grid([_spec(tmp_path, budget="4m", epochs=10)[0], _spec(tmp_path / "b", epochs=3)[0]], lines.append)
+    assert "budget=4m" in lines[1] and "epochs=" not in lines[1]
+    assert "epochs=3" in lines[2] and "budget" not in lines[2]

@@ -102,7 +102,7 @@ def _main(argv, prog) -> int:
         with config_warnings():
             cfg = load_config(args.config, args.overrides)
             grid = expand_grid(cfg, source=args.config)
-        _reproducible_mode(cfg)
+        _reproducible_mode(cfg, check_only=args.dry_run)
         opts = launch.resolve_options(cfg, args)      # the launcher: section with the flags over it
         # a data-parallel run is another run than the one-process one: its own id (docs/scaling.md)
         distributed.tag_run_ids(grid, distributed.planned_world_size(args.launcher, opts.tasks_per_node))
@@ -149,11 +149,15 @@ def _main(argv, prog) -> int:
         distributed.teardown()
 
 
-def _reproducible_mode(cfg) -> None:
+def _reproducible_mode(cfg, *, check_only: bool = False) -> None:
     """The config's (or the environment's) reproducible mode, in effect before
-    any work: set, or the command started again with it (reproducible.py)."""
+    any work: set, or the command started again with it (reproducible.py).
+    A dry run computes nothing: it checks the mode's name and leaves the
+    process as it is (the run, or each launched worker, puts it in effect)."""
     try:
-        reproducible.ensure(reproducible.requested(cfg.reproducible))
+        mode = reproducible.requested(cfg.reproducible)
+        if not check_only:
+            reproducible.ensure(mode)
     except (ValueError, reproducible.ReproducibleModeError) as err:
         raise ConfigError(f"reproducible: {err}") from None
 

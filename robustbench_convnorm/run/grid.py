@@ -97,7 +97,9 @@ def print_grid(specs: List[RunSpec], out: Callable[[str], object] = print) -> No
         c = s.config
         extra = " ".join(f"{k}={v}" for k, v in s.axes.items())
         status = (read_record(s.run_dir) or {}).get("status", "new")
-        out(f"  {s.run_id:<60} {c.train.method:<8} epochs={c.train.epochs} lr={c.train.lr:g} "
+        # a budgeted run fixes its epochs at its start, from its own warm-up
+        length = f"budget={c.train.budget}" if c.train.budget else f"epochs={c.train.epochs}"
+        out(f"  {s.run_id:<60} {c.train.method:<8} {length} lr={c.train.lr:g} "
             f"bn={c.batchnorm} seed={s.seed} {extra} [{status}]")
 
 
