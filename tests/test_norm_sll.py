@@ -1,6 +1,8 @@
 """SLL: the residual layer's Jacobian has norm <= 1 at random points (dense
 SVD) for kernels of any scale; a missing rescaling is caught; the
 normalizer builds blocks (``block``) and trains in the ConvNet family."""
+import warnings
+
 import pytest
 import torch
 
@@ -46,3 +48,24 @@ def test_block_is_the_seam_and_conv_is_a_bounded_conv():
 @pytest.mark.parametrize("arch,options", [("lipconvnet", TINY_LIPCONVNET), ("resnet18", {"width": 0.125})])
 def test_trains(arch, options):
     trains_in("sll", arch, **options)
+
+
+@pytest.mark.parametrize("name", ["sll", "cpl"])
+def test_a_plain_conv_architecture_gets_aols_layer_and_is_told(name):
+    """SLL and CPL have no convolution of their own: a ConvNet of plain convs
+    builds AOL's layer (the same function as 'aol' from the same seed), and
+    says so, since a grid with both compares one layer with itself (the first
+    equal-compute grid did). An architecture of whole layers warns nothing."""
+    def convnet(normalizer):
+        torch.manual_seed(0)
+        return build_model("convnet", get_normalizer(normalizer), num_classes=4, in_channels=1, mean=[0.5],
+                           std=[0.25], batchnorm=False, width=0.25).eval()
+
+    with pytest.warns(UserWarning, match=f"{name}: .*AOL's rescaled convolution"):
+        model = convnet(name)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(model(x), convnet("aol")(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_model("lipconvnet", get_normalizer(name), num_classes=4, in_channels=1, mean=[0.5], std=[0.25],
+                    batchnorm=False, **TINY_LIPCONVNET)

@@ -27,6 +27,7 @@ code pads circularly; the bound holds for either.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,18 @@ class AOLConv2d(nn.Module):
         kh, kw = self.weight.shape[-2:]
         return (f"{self.in_channels}, {self.out_channels}, kernel_size=({kh}, {kw}), stride={self.stride}, "
                 f"padding={self.padding}" + (", bias=True" if self.bias is not None else ""))
+
+
+def aol_conv_for(layer: str, in_channels, out_channels, kernel_size, stride, padding, bias, eps) -> AOLConv2d:
+    """The plain convolution of a residual 1-Lipschitz layer (SLL, CPL) that has
+    none of its own: AOL's, which its paper names as its non-residual special
+    case. Said once per process, since a grid listing both AOL and this layer
+    on such an architecture compares one layer with itself."""
+    warnings.warn(f"{layer}: this architecture asks for plain convolutions and {layer} has none of its own "
+                  f"(its layer is a residual block): it builds AOL's rescaled convolution, the same layer "
+                  f"as 'aol'; compare {layer} itself in an architecture of whole layers (lipconvnet)",
+                  UserWarning, stacklevel=3)
+    return AOLConv2d(in_channels, out_channels, kernel_size, stride, padding, bias, eps=eps)
 
 
 @register_normalizer("aol")

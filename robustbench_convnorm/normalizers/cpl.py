@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .aol import AOLConv2d
+from .aol import aol_conv_for
 from .base import Normalizer
 from .convnorm_ops import kernel_rfft2
 from .lipschitz_ops import init_residual_parameters, residual_step
@@ -183,7 +183,7 @@ class CPL(Normalizer):
         self.eval_iterations, self.eps = int(eval_iterations), float(eps)
 
     def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
-        return AOLConv2d(in_channels, out_channels, kernel_size, stride, padding, bias, eps=self.eps)
+        return aol_conv_for("cpl", in_channels, out_channels, kernel_size, stride, padding, bias, self.eps)
 
     def block(self, channels: int, kernel_size: int = 3) -> nn.Module:
         return CPLBlock(channels, kernel_size, eval_iterations=self.eval_iterations, eps=self.eps)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .aol import AOLConv2d
+from .aol import aol_conv_for
 from .base import Normalizer
 from .lipschitz_ops import adjoint_kernel, init_residual_parameters, residual_step, schur_sums
 from .registry import register_normalizer
@@ -80,7 +80,7 @@ class SLL(Normalizer):
         self.eps = float(eps)
 
     def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
-        return AOLConv2d(in_channels, out_channels, kernel_size, stride, padding, bias, eps=self.eps)
+        return aol_conv_for("sll", in_channels, out_channels, kernel_size, stride, padding, bias, self.eps)
 
     def block(self, channels: int, kernel_size: int = 3) -> nn.Module:
         return SLLBlock(channels, kernel_size, eps=self.eps)
