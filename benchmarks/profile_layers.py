@@ -4,10 +4,12 @@ matrix products, linear algebra: inverses, solves, decompositions; the rest),
 from torch.profiler's self times, and the bytes autograd saves for backward.
 
     python -m benchmarks.profile_layers [--only convnorm,cayley] [--width 0.25] [--batch 128]
-        [--steps 3] [--threads 1] [--device cpu] [--out benchmarks/out/profile_layers.csv]
+        [--steps 3] [--threads 1] [--device cpu] [--arch resnet18 --model-options JSON]
+        [--out benchmarks/out/profile_layers.csv]
 
 A replay here is the one of ``benchmarks/replay.py`` (the project's own
-``free`` method, ResNet-18 without BatchNorm, the run's fast-path defaults),
+``free`` method, ResNet-18 without BatchNorm unless ``--arch`` names another
+model, e.g. the equal-compute comparison's ``convnet``, the run's fast-path defaults),
 split into its phases by hand so each can be timed: forward with the loss
 and penalty, backward, SGD step. Self times are summed over ``--steps``
 profiled replays after one warm-up and divided by the number of steps; the
@@ -16,6 +18,7 @@ kinds add up to the phase totals up to the profiler's own overhead.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -96,6 +99,8 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--arch", default="resnet18", help="the model (convnet: the equal-compute comparison's)")
+    p.add_argument("--model-options", default="{}", help="the model's options as JSON")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     if args.threads:
@@ -107,11 +112,12 @@ def main(argv: List[str] = None) -> int:
     table = Table("profile_layers", device, command_line("benchmarks.profile_layers", argv))
     base = None
     for name in names:
-        r = FreeReplay(name, batch=args.batch, width=args.width, device=device, size=args.size)
+        r = FreeReplay(name, batch=args.batch, width=args.width, device=device, size=args.size, arch=args.arch,
+                       model_options=json.loads(args.model_options))
         ms = profile_one(r, args.steps)
         total = sum(ms[f"{ph}_ms"] for ph in PHASES)
         base = total if name == "vanilla" else base
-        row = {"normalizer": name, "width": args.width, "batch": args.batch,
+        row = {"normalizer": name, "arch": args.arch, "width": args.width, "batch": args.batch,
                "size": args.size, "steps": args.steps, "total_ms": round(total, 2),
                "time_vs_vanilla": round(total / base, 3) if base else "",
                **{k: round(v, 2) for k, v in ms.items()},
