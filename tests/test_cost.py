@@ -9,7 +9,7 @@ import pytest
 import cli_util
 from leaderboard_records import make_record, records, tiny_config, write
 from robustbench_convnorm.leaderboard import build_leaderboard
-from robustbench_convnorm.leaderboard.pareto import pareto_front
+from robustbench_convnorm.leaderboard.pareto import panel_points, pareto_front
 
 
 def test_pareto_front_on_hand_made_points():
@@ -57,3 +57,16 @@ def test_records_without_cost_build_without_cost_columns_or_pareto(tmp_path):
     written = build_leaderboard(tmp_path, formats=[])
     assert "peak_memory_mb_mean" not in pd.read_csv(written["csv"]).columns
     assert "plot_pareto" not in written
+
+
+def test_an_unreliable_model_is_drawn_but_never_on_the_front():
+    """The cheapest and most robust point is a flagged evaluation: the front is
+    what is left without it (it overstates robustness)."""
+    rows = pd.DataFrame({"train_seconds_mean": [10.0, 20.0, 30.0], "acc_mean": [5.0, 40.0, 30.0],
+                         "unreliable": [True, False, pd.NA]})
+    pts, unreliable, front = panel_points(rows, "acc", "train_seconds")
+    assert pts[0] == (10.0, 5.0) and unreliable == [True, False, False] and front == [1]
+    rows.loc[0, "acc_mean"] = 90.0
+    assert panel_points(rows, "acc", "train_seconds")[2] == [1]
+    rows.loc[0, "unreliable"] = False
+    assert panel_points(rows, "acc", "train_seconds")[2] == [0]

@@ -160,3 +160,26 @@ def test_simba_rates_on_different_images_use_fishers_test(tmp_path):
     assert df.loc["sn", "tied_with_above"] == False  # noqa: E712  559/1000 against 606/1000
     assert df.loc["oni", "test_vs_above"].startswith("Fisher exact: unpaired: 535/1000 against 559/1000")
     assert df.loc["oni", "simba_success_rate_ci_lo"] == pytest.approx(wilson_interval(55.9, 1000)[0])
+
+
+def test_every_pair_is_tested_not_only_neighbours(tmp_path):
+    """Three models, each tied with its neighbour, the first and the last not:
+    pairwise.csv holds all three pairs, each p the direct McNemar of that pair's
+    discordant examples."""
+    res = tmp_path / "r"
+    a = np.arange(N) < 140
+    b = flip(a, 4, 0)           # 4 vs 0 against a (p = 0.125)
+    c = flip(b, 4, 0)           # 4 vs 0 against b, 8 vs 0 against a (p = 0.0078)
+    for name, correct in (("convnorm", a), ("sn", b), ("oni", c)):
+        write_model(res, name, 0, correct)
+    written = build_leaderboard(res, formats=[], plots=False)
+    board = pd.read_csv(written["csv"]).set_index("normalizer")
+    assert board["tied_with_above"].dropna().all()              # neighbours: tied
+    pairs = pd.read_csv(written["pairwise_csv"]).set_index(["upper", "lower"])
+    assert len(pairs) == 3
+    expected = {("convnorm", "sn"): (4, 0), ("sn", "oni"): (4, 0), ("convnorm", "oni"): (8, 0)}
+    for (up, lo), (only_up, only_lo) in expected.items():
+        row = pairs.loc[(f"{up}+BN", f"{lo}+BN")]
+        assert row["p"] == pytest.approx(mcnemar_exact(only_up, only_lo))
+        assert f"{only_up} only the upper model got right, {only_lo} only this one" in row["detail"]
+    assert pairs.loc[("convnorm+BN", "oni+BN"), "tied"] == False  # noqa: E712

@@ -12,7 +12,7 @@ import pytest
 from leaderboard_records import make_record, write, write_per_example
 from robustbench_convnorm.leaderboard import build_leaderboard
 from robustbench_convnorm.leaderboard.board import assemble
-from robustbench_convnorm.leaderboard.publish import ABOUT, SUMMARY, comparable, publish, summary
+from robustbench_convnorm.leaderboard.publish import ABOUT, SUMMARY, comparable, main, publish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted(p for p in (ROOT / "results" / "published").glob("*") if (p / "runs").is_dir())
@@ -37,6 +37,7 @@ def test_a_published_leaderboard_is_what_its_records_give(folder, tmp_path):
     rebuilt = build_leaderboard(folder, tmp_path, formats=["md"], plots=False)
     assert comparable(rebuilt["md"].read_text()) == comparable((folder / "leaderboard.md").read_text())
     assert rebuilt["csv"].read_text() == (folder / "leaderboard.csv").read_text()
+    assert rebuilt["pairwise_csv"].read_text() == (folder / "pairwise.csv").read_text()
     assert summary(assemble(folder)) == (folder / SUMMARY).read_text()
 
 
@@ -86,3 +87,14 @@ def test_publish_copies_records_not_checkpoints_and_the_rebuild_matches(tmp_path
     path.write_text(json.dumps(rec))
     edited = build_leaderboard(dest, tmp_path / "edited", formats=["md"], plots=False)
     assert comparable(edited["md"].read_text()) != comparable(written["md"].read_text())
+    # --rebuild builds the edited folder again in place, its PUBLISHED.md kept
+    assert main(["--rebuild", str(dest)]) == 0
+    assert comparable((dest / "leaderboard.md").read_text()) == comparable(edited["md"].read_text())
+    assert (dest / ABOUT).read_text() == about and not list(dest.rglob("*.pdf"))
+
+
+def test_publish_says_how_to_call_it(capsys):
+    for argv in ([], ["res", "dest"], ["res", "dest", "--rebuild", "--command", "x"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert "--rebuild DEST" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 from .. import atomic
-from . import stats
+from . import pairwise, stats
 from .board import assemble
 from .export import export as run_export
 from .plots import write_plots
@@ -52,7 +52,8 @@ def build_leaderboard(results_dir, out_dir=None, rank_by: Optional[str] = None,
 
     formats: renderer names (default: every registered one: html, md, tex); export:
     exporter names (e.g. "robustbench"); plots=False leaves the plots out (and off the
-    page). Returns {"runs_csv", "csv", one key per format, "plot_*" (PNG) and
+    page). Returns {"runs_csv", "csv", "pairwise_csv" (every pair of ranked models
+    tested), one key per format, "plot_*" (PNG) and
     "plot_*_pdf" for each plot, "export_<name>": folder}.
     Raises FileNotFoundError if results_dir does not exist, ValueError for an unknown
     rank_by, format or export, OutputError if out_dir cannot be written.
@@ -73,10 +74,12 @@ def build_leaderboard(results_dir, out_dir=None, rank_by: Optional[str] = None,
     lb = assemble(results_dir, rank_by, alpha)
     _prepare(out)
     _remove_orphans(out)
-    written: Dict[str, Path] = {"runs_csv": out / "leaderboard_runs.csv", "csv": out / "leaderboard.csv"}
+    written: Dict[str, Path] = {"runs_csv": out / "leaderboard_runs.csv", "csv": out / "leaderboard.csv",
+                                "pairwise_csv": out / pairwise.FILENAME}
     try:
         atomic.write_csv(written["runs_csv"], lb.runs_df)
         atomic.write_csv(written["csv"], lb.df.drop(columns=["_gkey"]))
+        atomic.write_csv(written["pairwise_csv"], pairwise.pairwise_frame(lb, alpha))
         lb.plots = write_plots(lb, out) if plots else {}
         for r in renderers:
             written[r.name] = atomic.write_text(out / r.filename, r.render(lb))

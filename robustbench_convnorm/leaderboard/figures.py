@@ -12,12 +12,15 @@ from .groups import Group
 
 # Fixed colours for the normalizers this project ships (matplotlib's tab10 hues),
 # so a normalizer keeps its colour whatever else a grid holds.
+# The 1-Lipschitz layers take fixed colours too: hashed into the spares, two of
+# them (LOT, BCOP) once shared one in the same plot.
 _PALETTE = {
     "vanilla": "#7f7f7f", "bn": "#1f77b4", "sn": "#ff7f0e", "oni": "#2ca02c", "ocnn": "#d62728",
     "convnorm": "#9467bd", "cayley": "#8c564b", "tn": "#e377c2",
+    "aol": "#bcbd22", "soc": "#17becf", "lot": "#393b79", "bcop": "#637939", "sll": "#8c6d31",
+    "cpl": "#843c39",
 }
-_SPARE = ["#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
-          "#e6550d", "#31a354"]
+_SPARE = ["#7b4173", "#3182bd", "#e6550d", "#31a354", "#6b6ecf", "#b5cf6b", "#e7ba52", "#ad494a"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 PNG_DPI = 120
 

@@ -143,6 +143,15 @@ def publish(results_dir, dest, command: str, note: str = "") -> Dict[str, Path]:
     dest.mkdir(parents=True, exist_ok=True)
     ids = copy_runs(results_dir, dest)
     atomic.write_text(dest / ABOUT, about_text(command, note, ids, provenance(dest)))
+    return rebuild(dest)
+
+
+def rebuild(dest) -> Dict[str, Path]:
+    """A published folder's tables, CSVs and plots built again from its
+    committed records (after a change to the leaderboard; PUBLISHED.md stays)."""
+    dest = Path(dest)
+    if not list((dest / "runs").glob("*/record.json")):
+        raise FileNotFoundError(f"no run records under {dest}/runs/: not a published folder")
     written = drop_pdfs(build_leaderboard(dest, formats=FORMATS))
     written["summary"] = atomic.write_text(dest / SUMMARY, summary(assemble(dest)))
     return written
@@ -155,13 +164,18 @@ def comparable(markdown: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("results_dir", metavar="RESULTS_DIR", nargs="?")
     p.add_argument("dest", metavar="DEST", help="the folder to publish into, e.g. results/published/quickstart")
-    p.add_argument("--command", required=True, help="the command that made the results (quoted)")
+    p.add_argument("--command", help="the command that made the results (quoted); needed unless --rebuild")
     p.add_argument("--note", default="", help="a paragraph for PUBLISHED.md")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build DEST's tables and plots again from its committed records (no RESULTS_DIR)")
     args = p.parse_args(argv)
+    if args.rebuild == bool(args.results_dir) or (not args.rebuild and not args.command):
+        p.error("give RESULTS_DIR DEST --command CMD to publish, or --rebuild DEST")
     try:
-        written = publish(args.results_dir, args.dest, args.command, args.note)
+        written = rebuild(args.dest) if args.rebuild else publish(args.results_dir, args.dest, args.command,
+                                                                   args.note)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
