@@ -7,6 +7,7 @@ its module, with its own --help:
     leaderboard  build the leaderboard of a results dir   (robustbench_convnorm.leaderboard)
     lipschitz    a saved model's Lipschitz report, Table 9 (robustbench_convnorm.lipschitz)
     publish      records + leaderboard into a folder to commit (robustbench_convnorm.leaderboard.publish)
+    masking      why a run is flagged for masking: attacks by loss and step (robustbench_convnorm.masking)
 
 ``--reproducible off|avx2|strict`` (before or after the command) pins the
 CPU's kernel paths for the command and its children (reproducible.py).
@@ -31,6 +32,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "lipschitz": ("robustbench_convnorm.lipschitz.cli", "a saved model's Lipschitz report, or Table 9"),
     "publish": ("robustbench_convnorm.leaderboard.publish", "copy a results folder's records for committing, "
                                                             "with its leaderboard"),
+    "masking": ("robustbench_convnorm.masking", "why a run is flagged for masking: its evaluated images under "
+                                                "attacks that differ in loss and step"),
 }
 
 
