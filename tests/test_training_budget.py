@@ -22,7 +22,8 @@ def test_budgets_read_as_time_or_steps_and_bad_ones_name_the_fix():
             parse_budget(bad)
     with pytest.raises(BudgetError, match="one epoch takes 6 optimizer steps; give at least '6 steps'"):
         plan_epochs(parse_budget("5 steps"), 6, lambda: 1.0)
-    assert plan_epochs(parse_budget("20 steps"), 6, lambda: pytest.fail("a step budget measures nothing")).epochs == 3
+    steps = plan_epochs(parse_budget("20 steps"), 6, lambda: pytest.fail("a step budget measures nothing"))
+    assert steps.epochs == 3 and steps.load_average is None
     with pytest.raises(BudgetError, match=r"estimated at 40.0 s"):
         plan_epochs(parse_budget("30s"), 6, lambda: 40.0)
     assert plan_epochs(parse_budget("2m"), 6, lambda: 40.0).epochs == 3
@@ -75,6 +76,7 @@ def test_a_time_budget_equals_its_replay_with_the_fixed_epochs_and_survives_a_re
     spec = _spec(tmp_path / "a", budget="35s", schedule="cosine", val_pgd_steps=1)[0]
     model_a, res_a = _train(spec, tmp_path)
     assert res_a.plan.epochs == 3 and res_a.plan.kind == "time" and len(calls) == 1 and calls[0] > 0
+    assert res_a.plan.load_average >= 0   # the warm-up says how busy the machine was (Linux has getloadavg)
     assert res_a.plan.replay_sets() == "--set train.budget=null --set train.epochs=3"
     # the replay: no budget, the fixed epochs, the same weights bit for bit
     model_r, res_r = _train(_spec(tmp_path / "r", epochs=3, schedule="cosine", val_pgd_steps=1)[0], tmp_path)

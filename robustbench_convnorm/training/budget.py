@@ -12,6 +12,8 @@ the run on any machine with its fixed epoch count.
 """
 from __future__ import annotations
 
+import os
+
 import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional
@@ -63,6 +65,9 @@ class Plan:
     steps_per_epoch: int
     estimated_epoch_seconds: Optional[float] = None  # time budgets: the warm-up's estimate
     warmup_batches: int = 0
+    # time budgets: the 1-minute load average when the warm-up ended; a busy
+    # machine misjudges throughput (docs/equal_compute.md), and this says so
+    load_average: Optional[float] = None
 
     def as_dict(self) -> Dict:
         return asdict(self)
@@ -95,7 +100,15 @@ def plan_epochs(budget: Budget, steps_per_epoch: int, epoch_seconds: Callable[[]
         raise BudgetError(f"train.budget {budget.text!r} buys no whole epoch: one epoch is estimated at "
                           f"{seconds:.1f} s on this machine (a {warmup_batches}-batch warm-up); give at least "
                           f"{_seconds_text(seconds)} or train on fewer examples")
-    return Plan(budget.text, "time", epochs, steps_per_epoch, seconds, warmup_batches)
+    return Plan(budget.text, "time", epochs, steps_per_epoch, seconds, warmup_batches, load_average())
+
+
+def load_average() -> Optional[float]:
+    """The system's 1-minute load average (None where the platform has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _seconds_text(seconds: float) -> str:

@@ -208,7 +208,8 @@ def train_run(spec, model, data, meta, device, run_dir, *, resume=True, log=prin
                 lambda: measure_epoch_seconds(model, train_x, train_y, cfg, tc, device, optimizer_impl,
                                               len(batches), subset), WARMUP_BATCHES + TIMED_BATCHES))
             log(f"  budget {plan.budget}: {plan.epochs} epoch(s)" + (
-                f" at an estimated {plan.estimated_epoch_seconds:.1f} s each" if plan.kind == "time" else
+                f" at an estimated {plan.estimated_epoch_seconds:.1f} s each (load average "
+                f"{plan.load_average})" if plan.kind == "time" else
                 f" of {plan.steps_per_epoch} optimizer steps"))
         tc = replace(tc, epochs=plan.epochs)
     forward = distributed.wrap_model(model, forward, log)  # DDP under torchrun, else unchanged
