@@ -47,6 +47,9 @@ def test_a_masked_model_is_listed_apart_and_marked_unreliable_everywhere(tmp_pat
     assert "| unreliable | quantized+BN" in apart.split("###")[0]
     assert "quantized+BN (unreliable)" in md                                  # the paper layout's column
     assert "## Unreliable evaluations" in md and "unreliable because of" in md and "zero_grad" in md
+    # a PGD-above-AutoAttack flag points to the command that says why; other severe flags do not
+    assert ("robustbench-convnorm masking RUN_DIR" in md) == any(">autoattack" in f or ">apgd_ce_t" in f
+                                                                 for f in MASKED_FLAGS)
     tex = written["tex"].read_text()
     assert "unreliable" in tex and "quantized+BN (unreliable)" in tex
     html = written["html"].read_text()
@@ -127,3 +130,12 @@ def test_an_input_quantizing_model_evaluated_by_the_protocol_is_not_ranked(tmp_p
     assert "zero_grad" in df.loc["quantized", "unreliable_flags"].split(";")
     extra = [json.loads(p.read_text()) for p in (written["export_robustbench"] / "convnorm_extra").rglob("*.json")]
     assert {e["label"]: e["unreliable"] for e in extra} == {"quantized+BN": True, "sound+BN": False}
+
+
+def test_a_masking_flag_points_to_the_command_that_says_why(tmp_path):
+    res = tmp_path / "r"
+    write(res, _record("oni", pgd10=40.0, pgd20=39.0, worst_white=30.0, flags=["pgd20>apgd_ce_t"]))
+    write(res, _record("sn", pgd10=45.0, pgd20=44.0, worst_white=42.0))
+    md = build_leaderboard(res, formats=["md"], plots=False)["md"].read_text()
+    assert "**oni+BN**" in md.split("## Unreliable evaluations")[1]
+    assert "`robustbench-convnorm masking RUN_DIR`" in md

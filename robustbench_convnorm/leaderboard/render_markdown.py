@@ -1,6 +1,7 @@
 """leaderboard.md: the ranked tables, the paper's layout and the notes, as Markdown."""
 from __future__ import annotations
 
+import re
 from typing import List
 
 from . import cells
@@ -10,6 +11,10 @@ from .renderers import register_renderer
 from .sanity import SANITY_CAPTION, split_sanity
 from .settings import data_phrase, describe
 from .table import metric_columns
+
+
+#: the masking check's flag (attacks/checks.py): a PGD significantly above AutoAttack or its APGD part
+MASKING_FLAG = re.compile(r">(autoattack|apgd_ce_t)")
 
 
 def md_table(header: List[str], rows: List[List[str]]) -> List[str]:
@@ -134,6 +139,10 @@ def notes(lb: Leaderboard) -> List[str]:
             where = f"{cells.text(r['dataset'])} · {cells.context_text(r)}"
             lines.append(f"- **{r['model']}** ({where}): unreliable because of "
                          f"{r['unreliable_flags'].replace(';', '; ')}")
+        if any(MASKING_FLAG.search(str(r["unreliable_flags"])) for r in unreliable):
+            lines += ["", "For a PGD-above-AutoAttack flag, `robustbench-convnorm masking RUN_DIR` attacks the "
+                          "run's evaluated images with longer, adaptive, DLR and targeted attacks to say why "
+                          "(docs/evaluators.md)."]
         lines.append("")
     flagged = [r for _, r in lb.df.iterrows() if r["flags"]]
     if flagged:
