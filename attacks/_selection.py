@@ -12,6 +12,17 @@ from ._sharding import Shard
 from .base import batches
 
 
+def evaluation_order(n_total: int, n_examples: Optional[int], seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The protocol's seeded order of the ``n_total`` test examples, and the
+    examples it evaluates: the first ``n_examples`` of that order (all when None
+    or more than there are), sorted. Anything that must see the same images as
+    an evaluation (the masking diagnosis, the GPU check's test subset) takes them
+    from here."""
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_eval = n_total if n_examples is None else min(n_examples, n_total)
+    return order, np.sort(order[:n_eval])
+
+
 def to_float(x_test: torch.Tensor, idx: np.ndarray, device, dtype, chunk: int) -> torch.Tensor:
     """x_test[idx] as float in [0, 1] on ``device``, converted there chunk by chunk."""
     out = torch.empty((len(idx),) + tuple(x_test.shape[1:]), dtype=dtype, device=device)

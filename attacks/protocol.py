@@ -59,7 +59,7 @@ from . import checks
 from ._certified_checks import certified_flags
 from ._config import DEFAULT_CONFIG, build_evaluators, evaluator_seed, resolve_config
 from ._progress import Progress
-from ._selection import pick_correct, to_float, to_labels
+from ._selection import evaluation_order, pick_correct, to_float, to_labels
 from ._sharding import Shard
 from .base import EvalOutcome, Evaluator, attack_batches, combine, fraction_text, plan_batches
 
@@ -182,12 +182,10 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, eval_
     n_total = len(x_test)
     batch_size = cfg["batch_size"]
 
-    generator = torch.Generator().manual_seed(cfg["seed"])
-    order = torch.randperm(n_total, generator=generator).numpy()
-    n_eval = n_total if cfg["n_examples"] is None else min(cfg["n_examples"], n_total)
+    order, eval_idx = evaluation_order(n_total, cfg["n_examples"], cfg["seed"])
+    n_eval = len(eval_idx)
     if cfg["n_examples"] is not None and cfg["n_examples"] > n_total:
         log(f"[eval] n_examples {cfg['n_examples']} > test set size {n_total}: using all {n_total}")
-    eval_idx = np.sort(order[:n_eval])
 
     was_training = model.training
     model.to(device)

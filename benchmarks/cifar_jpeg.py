@@ -81,8 +81,7 @@ def evaluated_subset(source: Path, target: Path, n_examples: int, seed: int = 0)
     An evaluation of every image of the subset is then one of those same
     images; only SimBA's walk for correctly classified images (its order is a
     permutation of the subset) may pick others."""
-    import numpy as np
-    import torch
+    from attacks._selection import evaluation_order
 
     with zipfile.ZipFile(Path(source) / "test.zip") as src:
         members = [info for info in src.infolist()
@@ -92,11 +91,11 @@ def evaluated_subset(source: Path, target: Path, n_examples: int, seed: int = 0)
         members.sort(key=lambda i: (classes.index(Path(i.filename).parts[-2]), i.filename))
         if n_examples > len(members):
             raise ValueError(f"{source}/test.zip holds {len(members)} test images, fewer than {n_examples}")
-        order = torch.randperm(len(members), generator=torch.Generator().manual_seed(seed)).numpy()
+        _, picked = evaluation_order(len(members), n_examples, seed)
         target.mkdir(parents=True, exist_ok=True)
         tmp = target / "test.zip.partial"
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as dst:
-            for k in np.sort(order[:n_examples]):
+            for k in picked:
                 dst.writestr(members[k], src.read(members[k]))
     tmp.replace(target / "test.zip")
     return target / "test.zip"

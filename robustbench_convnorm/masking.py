@@ -20,50 +20,51 @@ spread, the scale a cross-entropy gradient sees. A CSV goes to ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
+import pandas as pd
 import torch
 
+from . import atomic
+from .attacks._selection import evaluation_order
 from .config import config_from_dict
 from .data import load_full, prepare_data, to_float
 from .loading import load_model
+from .records import read_record
 
 PROG = "robustbench-convnorm masking"
 
 
 def evaluated_images(model, n_examples: Optional[int] = None):
-    """The run's evaluated test images (float in [0, 1]) and labels: the first
-    ``eval.n_examples`` of torch.randperm(n_test, eval.seed), sorted, as the
-    evaluation protocol picks them (attacks/protocol.py)."""
+    """The run's evaluated test images (float in [0, 1]) and labels, picked as
+    the evaluation protocol picks them (attacks/_selection.evaluation_order);
+    ``n_examples`` fewer takes the head of the same seeded order."""
     cfg = config_from_dict(model.run_config, "<record>")
     seed = int((model.run_config.get("seeds") or [0])[0])  # a run's config holds its own seed alone
     data = prepare_data(cfg.data, seed, load_full(cfg.data))
-    n_total = len(data.test_y)
-    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(cfg.eval.seed)).numpy()
-    n = n_examples or cfg.eval.n_examples or n_total
-    idx = torch.from_numpy(np.sort(order[:min(n, n_total)]))
-    return to_float(data.test_x[idx]), data.test_y[idx].long(), cfg
+    _, idx = evaluation_order(len(data.test_y), n_examples or cfg.eval.n_examples, cfg.eval.seed)
+    idx = torch.from_numpy(idx)
+    return to_float(data.test_x[idx]), data.test_y[idx].long()
 
 
 def diagnose(model, x, y, eps: float, steps: int, batch_size: int = 500, seed: int = 0) -> Dict[str, float]:
     """Accuracy (%) under each attack of the module docstring, plus the logits' scale."""
     import torchattacks
 
-    def accuracy(inputs) -> float:
+    def logits_of(inputs) -> torch.Tensor:
         with torch.no_grad():
-            return 100.0 * float(torch.cat([model(inputs[i:i + batch_size]).argmax(1)
-                                            for i in range(0, len(inputs), batch_size)]).eq(y).float().mean())
+            return torch.cat([model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+    def accuracy(logits) -> float:
+        return 100.0 * float(logits.argmax(1).eq(y).float().mean())
 
     def attacked(attack) -> torch.Tensor:
         torch.manual_seed(seed)
         return torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
-    with torch.no_grad():
-        logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    logits = logits_of(x)
     top2 = logits.topk(2, dim=1).values
     n_classes = logits.shape[1]
     attacks = {
@@ -74,24 +75,23 @@ def diagnose(model, x, y, eps: float, steps: int, batch_size: int = 500, seed: i
         f"apgd{steps}_dlr": torchattacks.APGD(model, eps=eps, steps=steps, loss="dlr", seed=seed),
         f"apgdt{steps}_dlr": torchattacks.APGDT(model, eps=eps, steps=steps, n_classes=n_classes, seed=seed),
     }
-    out = {"clean": accuracy(x), "top2_margin_median": float((top2[:, 0] - top2[:, 1]).median()),
+    out = {"clean": accuracy(logits), "top2_margin_median": float((top2[:, 0] - top2[:, 1]).median()),
            "logit_std_median": float(logits.std(dim=1).median())}
     for name, attack in attacks.items():
-        out[name] = accuracy(attacked(attack))
+        out[name] = accuracy(logits_of(attacked(attack)))
     return out
 
 
-def threat_eps(run_config: Dict) -> float:
-    """The threat model's L-inf eps: train.eps for adversarial training, else
-    the first L-inf PGD's of the evaluation."""
-    from attacks.base import as_float
-
-    train = run_config.get("train") or {}
-    eps = train.get("eps") if train.get("method") != "natural" else None
-    if eps is None:
-        eps = next((ev.get("eps") for ev in (run_config.get("eval") or {}).get("evaluators", [])
-                    if ev.get("type") == "pgd" and ev.get("norm", "Linf") == "Linf"), "8/255")
-    return as_float(eps, "eps")
+def threat_eps(record: Dict) -> float:
+    """The L-inf eps of the run's threat model as its evaluation decided it
+    (attacks/protocol.py marks each evaluation ``in_threat_model``): the ball
+    the masking check compared PGD and AutoAttack in."""
+    for ev in (record.get("evaluations") or {}).values():
+        if ev.get("kind") == "whitebox" and ev.get("in_threat_model") and ev.get("norm", "Linf") == "Linf" \
+                and ev.get("eps") is not None:
+            return float(ev["eps"])
+    raise ValueError(f"run {record.get('run_id', '?')}: no L-inf white-box evaluation in its threat model; "
+                     f"evaluate it first (robustbench-convnorm run CONFIG --eval-only)")
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
@@ -103,19 +103,20 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     args = p.parse_args(argv)
     rows: List[Dict] = []
     for run in args.runs:
+        record = read_record(run)
+        if record is None:
+            print(f"error: {run} has no valid record.json: give a run folder that finished", file=sys.stderr)
+            return 2
+        eps = threat_eps(record)
         model = load_model(run)
-        x, y, _ = evaluated_images(model, args.n_examples)
-        eps = threat_eps(model.run_config)
+        x, y = evaluated_images(model, args.n_examples)
         row = {"run": Path(run).name, "n": len(y), "eps": eps, **diagnose(model, x, y, eps, args.steps)}
         rows.append(row)
         print("  ".join(f"{k}={v:.4g}" if k == "eps" else f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in row.items()), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        atomic.write_csv(args.out, pd.DataFrame(rows))
     return 0
 
 

@@ -33,8 +33,15 @@ def test_the_diagnosis_attacks_the_runs_own_evaluated_images(trained, tmp_path):
     assert row["top2_margin_median"] >= 0
 
 
-def test_the_threat_eps_is_trainings_or_the_first_linf_pgds():
-    assert threat_eps({"train": {"method": "free", "eps": "4/255"}}) == pytest.approx(4 / 255)
-    natural = {"train": {"method": "natural"},
-               "eval": {"evaluators": [{"type": "pgd", "norm": "L2", "eps": 0.5}, {"type": "pgd", "eps": 0.1}]}}
-    assert threat_eps(natural) == pytest.approx(0.1)
+def test_the_threat_eps_is_the_one_the_evaluation_decided():
+    """The eps of the L-inf white-box evaluations the protocol marked in the
+    threat model: not a sanity point at a huge eps, not an L2 attack."""
+    record = {"evaluations": {
+        "pgd10_eps0p5": {"kind": "whitebox", "norm": "Linf", "eps": 0.5, "in_threat_model": False},
+        "pgd_l2": {"kind": "whitebox", "norm": "L2", "eps": 0.5, "in_threat_model": True},
+        "clean": {"kind": "clean"},
+        "pgd20": {"kind": "whitebox", "norm": "Linf", "eps": 4 / 255, "in_threat_model": True}}}
+    assert threat_eps(record) == pytest.approx(4 / 255)
+    del record["evaluations"]["pgd20"]
+    with pytest.raises(ValueError, match="no L-inf white-box evaluation in its threat model"):
+        threat_eps(record)
