@@ -11,6 +11,7 @@ from benchmarks.old_vs_new import old_pack  # convnorm_fourier._pack before issu
 
 from robustbench_convnorm.normalizers import cayley as cayley_mod
 from robustbench_convnorm.normalizers.cayley import CayleyConv2d, space_to_depth
+from robustbench_convnorm.normalizers.lot import LOTConv2d
 
 RTOL = 1e-6
 
@@ -28,7 +29,7 @@ def cayley_forward_reference(layer: CayleyConv2d, x: torch.Tensor) -> torch.Tens
     if s > 1:
         x = space_to_depth(x, s)
     b, c, h, w = x.shape
-    q = layer.orthogonal_matrices(h, w, torch.float32)
+    q = layer.orthogonal_matrices(h, w, x.dtype)
     xf = torch.fft.rfft2(x).permute(2, 3, 1, 0)
     y = torch.fft.irfft2((q @ xf).permute(3, 2, 0, 1), s=(h, w))
     if layer.bias is not None:
@@ -57,16 +58,85 @@ CAYLEY_CASES = [  # (c_in, c_out, k, stride, batch, size, bias)
 ]
 
 
-@pytest.mark.parametrize("case", CAYLEY_CASES)
-def test_cayley_new_path_equals_old_outputs_and_gradients(case):
+def cayley_layer(cls, case, dtype=torch.float32):
     c_in, c_out, k, s, n, size, bias = case
     torch.manual_seed(hash(case) % 1000)
-    layer = CayleyConv2d(c_in, c_out, k, stride=s, bias=bias)
-    x = torch.randn(n, c_in, size, size)
+    layer = cls(c_in, c_out, k, stride=s, bias=bias).to(dtype)
+    return layer, torch.randn(n, c_in, size, size, dtype=dtype)
+
+
+@pytest.mark.parametrize("case", CAYLEY_CASES)
+def test_cayley_new_path_equals_old_outputs_and_gradients(case):
+    layer, x = cayley_layer(CayleyConv2d, case)
     new, old = run_both(layer, x, lambda m, t: m(t), cayley_forward_reference)
-    assert len(new) == len(old) == 4 + int(bias)  # output, input grad, weight, alpha (, bias)
+    assert len(new) == len(old) == 4 + int(case[-1])  # output, input grad, weight, alpha (, bias)
+    alpha = 2 + [name for name, _ in layer.named_parameters()].index("alpha")  # after output, input grad
     for i, (a, b) in enumerate(zip(new, old)):
+        if i == alpha:  # alpha's gradient: one scalar, a sum with cancellation (below)
+            continue
         assert_close_rel(a, b, f"tensor {i}")
+    # The same function: in float64 the two paths agree to rounding of float64.
+    new64, old64 = run_both(layer.double(), x.double(), lambda m, t: m(t), cayley_forward_reference)
+    for i, (a, b) in enumerate(zip(new64, old64)):
+        assert_close_rel(a, b, f"float64 tensor {i}", rtol=1e-12)
+    # alpha's gradient sums every weight's contribution and cancels most of it:
+    # in float32 neither path is within 1e-6 of the exact value on every case
+    # (measured up to 3e-6 for the old one), so the new one must be as close
+    # to the float64 value as the old one, or within 1e-6 of it.
+    truth = new64[alpha]
+    new_err, old_err = ((t[alpha].double() - truth).abs() / truth.abs() for t in (new, old))
+    assert new_err <= max(1e-6, 2 * old_err), f"alpha gradient: {new_err:.1e} from float64, old path {old_err:.1e}"
+
+
+# The direct route of 1x1 kernels (after space-to-depth) at the sizes ResNet-18
+# uses it (3x3 stride-2 convs, 1x1 stride-2 shortcuts), for Cayley and LOT.
+POINTWISE_CASES = [  # (c_in, c_out, k, stride, batch, size, bias)
+    (16, 32, 3, 2, 4, 16, False),
+    (32, 64, 1, 2, 4, 8, True),
+    (64, 32, 1, 1, 2, 4, False),  # wide after nothing: C_out < C_in
+    (3, 12, 3, 3, 2, 9, False),   # stride 3: taps of a 3x3 stride-3 conv
+]
+
+
+@pytest.mark.parametrize("cls", ["cayley", "lot"])
+@pytest.mark.parametrize("case", POINTWISE_CASES)
+def test_pointwise_route_equals_the_fourier_route(cls, case):
+    layer_type = CayleyConv2d if cls == "cayley" else LOTConv2d
+    layer, x = cayley_layer(layer_type, case, torch.float64)
+    assert layer.kernel_size == (1, 1)
+    new, old = run_both(layer, x, lambda m, t: m(t), cayley_forward_reference)
+    assert len(new) == len(old) == 3 + (cls == "cayley") + int(case[-1])
+    for i, (a, b) in enumerate(zip(new, old)):
+        assert_close_rel(a, b, f"float64 tensor {i}", rtol=1e-12)
+    layer, x = layer.float(), x.float()
+    new, old = run_both(layer, x, lambda m, t: m(t), cayley_forward_reference)
+    for i, (a, b) in enumerate(zip(new[:3], old[:3])):  # output, input and weight gradients
+        assert_close_rel(a, b, f"float32 tensor {i}")
+
+
+def test_pointwise_q_is_real_and_lot_records_the_real_grid():
+    layer = LOTConv2d(8, 16, 3, stride=2)
+    layer(torch.randn(2, 8, 12, 12))
+    q = layer.orthogonal_matrices(1, 1)
+    assert torch.equal(q.imag, torch.zeros_like(q.imag))  # the route's premise: every phase is 1
+    assert layer.last_grid.tolist() == [6, 6]  # the grid after space-to-depth, not 1x1
+    with pytest.raises(ValueError, match="divisible by 2"):
+        layer(torch.randn(2, 8, 11, 12))  # the direct route checks the size as space-to-depth does
+
+
+def test_pointwise_comparison_catches_a_planted_change(monkeypatch):
+    # The s x s taps read in transposed order (a plausible slip when Q's
+    # space-to-depth channels become a strided kernel) must be caught.
+    def planted(self, x, dtype):
+        s = self.stride[0]
+        q = self._q(1, 1, dtype)[0, 0].real.reshape(self.out_channels, self.in_channels, s, s)
+        return torch.nn.functional.conv2d(x, q.transpose(-1, -2), stride=s)
+
+    monkeypatch.setattr(CayleyConv2d, "_forward_pointwise", planted)
+    layer, x = cayley_layer(CayleyConv2d, POINTWISE_CASES[0], torch.float64)
+    new, old = run_both(layer, x, lambda m, t: m(t), cayley_forward_reference)
+    with pytest.raises(AssertionError):
+        assert_close_rel(new[0], old[0], "planted")
 
 
 def test_cayley_eval_cached_q_equals_old_path():
@@ -176,22 +246,33 @@ def test_convnorm_packing_is_bit_identical_to_the_old_one(n, step, grid, conjuga
     assert not new[..., sh * 8:, :].any() and not new[..., :, sw * 8:].any()
 
 
-def test_old_vs_new_benchmark_runs_every_variant_and_restores_the_new_paths(capsys):
+def test_old_vs_new_benchmark_runs_every_variant_and_restores_the_new_paths(capsys, monkeypatch):
     from benchmarks import old_vs_new
 
     new_apply, new_pack = cayley_mod.apply_per_frequency, convnorm_fourier._pack
-    calls = []
-    real_old = old_vs_new.old_apply_per_frequency
-    old_vs_new.old_apply_per_frequency = lambda q, xf: calls.append(1) or real_old(q, xf)
-    try:
-        assert old_vs_new.main(["--width", "0.0625", "--batch", "2", "--size", "8", "--steps", "1",
-                                "--threads", "1"]) == 0
-    finally:
-        old_vs_new.old_apply_per_frequency = real_old
+    new_forward = CayleyConv2d.forward
+    calls = {"matmul": 0, "spectrum": 0}
+
+    def counting(kind, fn):
+        def wrapped(*a):
+            calls[kind] += 1
+            return fn(*a)
+        return wrapped
+
+    variants = {}
+    for label, (name, patches) in old_vs_new.VARIANTS.items():
+        swapped = []
+        for owner, attr, value in patches:
+            kind = "matmul" if attr == "apply_per_frequency" else "spectrum" if attr == "forward" else None
+            swapped.append((owner, attr, counting(kind, value) if kind else value))
+        variants[label] = (name, tuple(swapped))
+    monkeypatch.setattr(old_vs_new, "VARIANTS", variants)
+    assert old_vs_new.main(["--width", "0.0625", "--batch", "2", "--size", "8", "--steps", "1",
+                            "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    for row in ("| vanilla |", "| convnorm (old packing) |", "| convnorm (conj(X) rebuilt) |",
-                "| cayley (new) |", "| cayley (old strided matmul) |"):
-        assert row in out
-    assert calls, "the 'old' Cayley variant did not run the old formula"
+    for label in old_vs_new.VARIANTS:
+        assert f"| {label} |" in out
+    assert calls["matmul"] and calls["spectrum"], "an 'old' variant did not run the old formula"
     assert cayley_mod.apply_per_frequency is new_apply and convnorm_fourier._pack is new_pack
+    assert CayleyConv2d.forward is new_forward
     assert convnorm_fourier.RECOMPUTE_INPUT_SPECTRUM is False

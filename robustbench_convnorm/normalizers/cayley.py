@@ -16,7 +16,10 @@ layer, an isometry (orthonormal columns) for C_out > C_in and a co-isometry
 the same sense. Stride s is emulated by a space-to-depth rearrangement
 (s*s times the input channels, an orthogonal permutation) followed by a
 stride-1 layer of kernel size max(1, k // s); the input size must be a
-multiple of s.
+multiple of s. Where that kernel is 1x1 (ResNet's 3x3 stride-2 convs and
+1x1 shortcuts), Q(w) is one real matrix at every frequency, computed once
+and applied as an s x s convolution of stride s (``_forward_pointwise``):
+the same function without transforms.
 
 ``alpha`` is a parameter created in ``__init__`` (so the optimizer sees it),
 initialised to the kernel's Frobenius norm; it is relative to ||w||_F
@@ -36,6 +39,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Normalizer
@@ -73,11 +77,17 @@ def apply_per_frequency(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
     return (xf @ q.transpose(-1, -2)).permute(2, 3, 0, 1).contiguous()  # (B, C_out, h, w')
 
 
-def space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C*s*s, H/s, W/s), a permutation of the entries."""
-    b, c, h, w = x.shape
+def check_divisible(x: torch.Tensor, s: int) -> None:
+    h, w = x.shape[-2:]
     if h % s or w % s:
         raise ValueError(f"cayley: stride {s} needs an input size divisible by {s}, got {h}x{w}")
+
+
+def space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C*s*s, H/s, W/s), a permutation of the entries:
+    channel c*s*s + i*s + j holds the pixels at offset (i, j) of each s x s block."""
+    check_divisible(x, s)
+    b, c, h, w = x.shape
     x = x.reshape(b, c, h // s, s, w // s, s).permute(0, 1, 3, 5, 2, 4)
     return x.reshape(b, c * s * s, h // s, w // s)
 
@@ -155,20 +165,46 @@ class CayleyConv2d(nn.Module):
         self._cache.clear()
         return super().train(mode)
 
+    def _saw_grid(self, height: int, width: int) -> None:
+        """Called by every forward with its grid after space-to-depth (LOT records it)."""
+
     # ------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride[0]
-        if s > 1:
-            x = space_to_depth(x, s)
         out_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        b, c, h, w = x.shape
-        q = self._q(h, w, dtype)  # (h, w//2+1, C_out, C_in')
-        with torch.autocast(x.device.type, enabled=False):
-            y = torch.fft.irfft2(apply_per_frequency(q, torch.fft.rfft2(x.to(dtype))), s=(h, w))
+        if self.kernel_size == (1, 1):
+            y = self._forward_pointwise(x, dtype)
+        else:
+            if s > 1:
+                x = space_to_depth(x, s)
+            b, c, h, w = x.shape
+            self._saw_grid(h, w)
+            q = self._q(h, w, dtype)  # (h, w//2+1, C_out, C_in')
+            with torch.autocast(x.device.type, enabled=False):
+                y = torch.fft.irfft2(apply_per_frequency(q, torch.fft.rfft2(x.to(dtype))), s=(h, w))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         return y.to(out_dtype)
+
+    def _forward_pointwise(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The layer when its kernel is 1x1 after space-to-depth (every strided
+        layer of kernel size <= 2s-1, e.g. ResNet's 3x3 stride-2 convs and 1x1
+        shortcuts). A 1x1 kernel's transform is the same real matrix at every
+        frequency (its only tap sits at offset 0: every phase factor is exactly
+        1), so Q(w) is one real matrix Q and irfft2(Q rfft2(x)) = Q x: Q is
+        computed once instead of once per frequency, and applied as the
+        convolution it is, no FFT: an s x s kernel with stride s on the
+        original input, which is space-to-depth followed by Q (channel
+        c*s*s + i*s + j is tap (c, i, j)). The same values as the Fourier
+        route up to rounding (tests/test_speed_equal.py)."""
+        s = self.stride[0]
+        check_divisible(x, s)
+        self._saw_grid(x.shape[-2] // s, x.shape[-1] // s)
+        q = self._q(1, 1, dtype)[0, 0]  # complex with imaginary part exactly zero
+        kernel = q.real.reshape(self.out_channels, self.in_channels, s, s)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.conv2d(x.to(dtype), kernel, stride=s)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size} (after "

@@ -67,10 +67,12 @@ class LOTConv2d(CayleyConv2d):
         with torch.autocast(self.weight.device.type, enabled=False):
             return lot_orthogonalize(self._kernel_transform(height, width, cdtype), self.iterations)
 
-    def _q(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    def _saw_grid(self, height: int, width: int) -> None:
         if self._grid_written != (height, width):  # a Python check: no device sync per forward
             self.last_grid.copy_(torch.tensor([height, width]))
             self._grid_written = (height, width)
+
+    def _q(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         cacheable = (not self.training) or (not torch.is_grad_enabled())
         if not cacheable:
             self._cache.clear()
