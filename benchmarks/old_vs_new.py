@@ -5,9 +5,11 @@
 
 Free-AT replays (``benchmarks/replay.py``) of vanilla, ConvNorm with conj(X)
 saved (the default), with the old image-pair packing, and rebuilt in backward
-(``RECOMPUTE_INPUT_SPECTRUM``); Cayley and LOT as they are (new), with their
-1x1 kernels (after space-to-depth) taken through the spectrum as before, and
-Cayley as before issue 24 (also Q applied on strided views); and ONI
+(``RECOMPUTE_INPUT_SPECTRUM``); Cayley as it is (new), with the input's
+spectrum saved, and with issue 24's changes taken back one by one (autograd
+through the Cayley transform, through the Fourier product, 1x1 kernels after
+space-to-depth through the spectrum, Q applied on strided views: as before
+issue 24); LOT new and as before (the changes it shares); and ONI
 (``VARIANTS``; ``--only cayley,lot`` picks some), timed round-robin so that
 a busy moment of a shared machine hits all alike; medians and ratios to vanilla, and the bytes autograd
 saves in one forward (a device-independent count of activation memory).
@@ -22,7 +24,7 @@ import torch
 
 from benchmarks.normalizers import saved_for_backward_bytes
 from benchmarks.replay import FreeReplay, median, pick_device, time_interleaved
-from robustbench_convnorm.normalizers import cayley, convnorm_fourier
+from robustbench_convnorm.normalizers import cayley, convnorm_fourier, fourier_product
 
 
 def old_pack(x, grid, step, dtype, conjugate):
@@ -41,24 +43,57 @@ def old_pack(x, grid, step, dtype, conjugate):
     return buf
 
 
-def old_apply_per_frequency(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
-    """Cayley before issue 24: the complex batched matmul on strided views."""
+def strided_product(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+    """Q(w) X(w) before issue 24: the complex batched matmul on strided views."""
     return (q @ xf.permute(2, 3, 1, 0)).permute(3, 2, 0, 1)
 
 
-def fourier_cayley_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """CayleyConv2d.forward (and LOT's) before the direct route for 1x1
-    kernels: every layer through its spectrum, Q computed at every frequency."""
-    s = layer.stride[0]
-    if s > 1:
-        x = cayley.space_to_depth(x, s)
-    b, c, h, w = x.shape
-    layer._saw_grid(h, w)
-    q = layer._q(h, w, x.dtype)
-    y = torch.fft.irfft2(cayley.apply_per_frequency(q, torch.fft.rfft2(x)), s=(h, w))
-    if layer.bias is not None:
-        y = y + layer.bias.view(1, -1, 1, 1)
-    return y
+def contiguous_product(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+    """Q(w) X(w) on spectra made contiguous frequency-major (issue 24's first change)."""
+    xf = xf.permute(2, 3, 0, 1).contiguous()
+    return (xf @ q.transpose(-1, -2)).permute(2, 3, 0, 1).contiguous()
+
+
+def autograd_cayley_transform(w: torch.Tensor) -> torch.Tensor:
+    """cayley.cayley_transform before issue 24: autograd through the formula."""
+    m, n = w.shape[-2:]
+    if n > m:
+        return autograd_cayley_transform(w.mH).mH
+    u, v = w[..., :n, :], w[..., n:, :]
+    eye = torch.eye(n, dtype=w.dtype, device=w.device)
+    a = u - u.mH + v.mH @ v
+    inv = torch.linalg.inv(eye + a)
+    return torch.cat([(eye - a) @ inv, -2.0 * (v @ inv)], dim=-2)
+
+
+def autograd_orthogonal_matrices(layer, height: int, width: int, dtype: torch.dtype = torch.float32):
+    """CayleyConv2d.orthogonal_matrices before issue 24: the kernel's transform,
+    then scaled, then the Cayley transform with autograd through its formula."""
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    wf = layer._kernel_transform(height, width, cdtype)
+    scale = layer.alpha.to(wf.real.dtype) / layer.weight.to(wf.real.dtype).norm()
+    return autograd_cayley_transform(wf * scale)
+
+
+def autograd_cayley_forward(product, pointwise_direct: bool):
+    """CayleyConv2d.forward (and LOT's) with autograd through rfft2, ``product``
+    and irfft2 instead of the hand-written FourierProduct; 1x1 kernels (after
+    space-to-depth) direct as now, or through the spectrum as before."""
+    def forward(layer, x: torch.Tensor) -> torch.Tensor:
+        if pointwise_direct and layer.kernel_size == (1, 1):
+            y = layer._forward_pointwise(x, x.dtype)
+        else:
+            s = layer.stride[0]
+            if s > 1:
+                x = cayley.space_to_depth(x, s)
+            b, c, h, w = x.shape
+            layer._saw_grid(h, w)
+            q = layer._q(h, w, x.dtype)
+            y = torch.fft.irfft2(product(q, torch.fft.rfft2(x)), s=(h, w))
+        if layer.bias is not None:
+            y = y + layer.bias.view(1, -1, 1, 1)
+        return y
+    return forward
 
 
 @contextlib.contextmanager
@@ -81,8 +116,15 @@ def variant(replay: FreeReplay, *patches):
     return run
 
 
-SPECTRUM_1X1 = (cayley.CayleyConv2d, "forward", fourier_cayley_forward)
-OLD_MATMUL = (cayley, "apply_per_frequency", old_apply_per_frequency)
+def old_forward(product, pointwise_direct: bool):
+    return (cayley.CayleyConv2d, "forward", autograd_cayley_forward(product, pointwise_direct))
+
+
+AUTOGRAD_Q = (cayley.CayleyConv2d, "orthogonal_matrices", autograd_orthogonal_matrices)
+AUTOGRAD = old_forward(contiguous_product, True)
+SPECTRUM_1X1 = old_forward(contiguous_product, False)
+BEFORE_24 = old_forward(strided_product, False)
+SAVED_SPECTRUM = (fourier_product, "RECOMPUTE_SPECTRUM", False)
 #: label -> (normalizer, patches that bring back an old path)
 VARIANTS = {
     "vanilla": ("vanilla", ()),
@@ -90,10 +132,13 @@ VARIANTS = {
     "convnorm (old packing)": ("convnorm", ((convnorm_fourier, "_pack", old_pack),)),
     "convnorm (conj(X) rebuilt)": ("convnorm", ((convnorm_fourier, "RECOMPUTE_INPUT_SPECTRUM", True),)),
     "cayley (new)": ("cayley", ()),
-    "cayley (1x1 kernels through the spectrum)": ("cayley", (SPECTRUM_1X1,)),
-    "cayley (before issue 24: and the strided matmul)": ("cayley", (SPECTRUM_1X1, OLD_MATMUL)),
+    "cayley (X's spectrum saved)": ("cayley", (SAVED_SPECTRUM,)),
+    "cayley (autograd through the Cayley transform)": ("cayley", (AUTOGRAD_Q,)),
+    "cayley (and through the Fourier product)": ("cayley", (AUTOGRAD_Q, AUTOGRAD)),
+    "cayley (and 1x1 kernels through the spectrum)": ("cayley", (AUTOGRAD_Q, SPECTRUM_1X1)),
+    "cayley (before issue 24: and the strided matmul)": ("cayley", (AUTOGRAD_Q, BEFORE_24)),
     "lot (new)": ("lot", ()),
-    "lot (1x1 kernels through the spectrum)": ("lot", (SPECTRUM_1X1,)),
+    "lot (before: autograd, 1x1 through the spectrum)": ("lot", (SPECTRUM_1X1,)),
     "oni": ("oni", ()),
 }
 

@@ -10,7 +10,8 @@ every frequency w the complex C_out x C_in matrix W(w) becomes
     A(w) = skew(alpha * W(w) / ||w||_F),   Q(w) = (I + A)^-1 (I - A)
 
 (with the tall/wide form of the Cayley transform when C_in != C_out), and
-the output is ``irfft2(Q(w) rfft2(x)(w))``. Q(w) is unitary for a square
+the output is ``irfft2(Q(w) rfft2(x)(w))`` (``fourier_product.py``: its
+backward written by hand). Q(w) is unitary for a square
 layer, an isometry (orthonormal columns) for C_out > C_in and a co-isometry
 (orthonormal rows) for C_out < C_in, so the whole layer is orthogonal in
 the same sense. Stride s is emulated by a space-to-depth rearrangement
@@ -44,6 +45,7 @@ from torch import nn
 
 from .base import Normalizer
 from .convnorm_ops import pair
+from .fourier_product import FourierProduct
 from .registry import register_normalizer
 from .weight_cache import ParameterCache
 
@@ -55,26 +57,48 @@ def cayley_transform(w: torch.Tensor) -> torch.Tensor:
     m, n = w.shape[-2:]
     if n > m:
         return cayley_transform(w.mH).mH
-    u, v = w[..., :n, :], w[..., n:, :]
-    eye = torch.eye(n, dtype=w.dtype, device=w.device)
-    a = u - u.mH + v.mH @ v
-    inv = torch.linalg.inv(eye + a)
-    # (I+A)^-1 (I-A) == (I-A)(I+A)^-1: both are functions of A.
-    return torch.cat([(eye - a) @ inv, -2.0 * (v @ inv)], dim=-2)
+    return CayleyTransform.apply(w)
 
 
-def apply_per_frequency(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
-    """Y(w) = Q(w) X(w) for every frequency: q (h, w', C_out, C_in), xf
-    (B, C_in, h, w') -> (B, C_out, h, w'), contiguous.
+class CayleyTransform(torch.autograd.Function):
+    """The tall (or square) Cayley transform, w = [u; v] (..., m, n), m >= n:
 
-    The spectra are made contiguous with the batch inside each frequency,
-    (h, w', B, C_in), and multiplied by Q^T there: torch's complex batched
-    matmul on the strided views ``q @ xf.permute(2, 3, 1, 0)`` copied its
-    operands slice by slice, forward and backward (1.5-2x slower, profiled in
-    docs/benchmarks.md). Every entry is the same sum over C_in in the same
-    order, so the values are bit-identical (tests/test_speed_equal.py)."""
-    xf = xf.permute(2, 3, 0, 1).contiguous()                      # (h, w', B, C_in)
-    return (xf @ q.transpose(-1, -2)).permute(2, 3, 0, 1).contiguous()  # (B, C_out, h, w')
+        A = u - u^H + v^H v,  M = (I + A)^-1,  Q = [(I - A) M; -2 v M],
+
+    with its backward written by hand, so that it keeps M and Q (Q is what
+    the layer's product keeps anyway) instead of the five matrix-sized
+    tensors of autograd's graph. With P = Q + [I; 0], dQ = -P dA M - [0;
+    2 dv M], hence for the gradient G = [G1; G2] of Q
+
+        G_A = -(Q^H G + G1) M^H,  G_u = G_A - G_A^H,
+        G_v = v (G_A + G_A^H) - 2 G2 M^H.
+
+    The forward computes exactly what the autograd formula computed; the
+    gradients equal autograd's up to rounding (tests/test_speed_equal.py)."""
+
+    @staticmethod
+    def forward(ctx, w):
+        n = w.shape[-1]
+        u, v = w[..., :n, :], w[..., n:, :]
+        eye = torch.eye(n, dtype=w.dtype, device=w.device)
+        a = u - u.mH + v.mH @ v
+        inv = torch.linalg.inv(eye + a)
+        # (I+A)^-1 (I-A) == (I-A)(I+A)^-1: both are functions of A.
+        q = torch.cat([(eye - a) @ inv, -2.0 * (v @ inv)], dim=-2)
+        ctx.save_for_backward(inv, q, v.clone() if v.shape[-2] else v)
+        return q
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        inv, q, v = ctx.saved_tensors
+        n = inv.shape[-1]
+        grad_a = -((q.mH @ grad + grad[..., :n, :]) @ inv.mH)
+        grad_u = grad_a - grad_a.mH
+        if not v.shape[-2]:
+            return grad_u
+        grad_v = v @ (grad_a + grad_a.mH) - 2.0 * (grad[..., n:, :] @ inv.mH)
+        return torch.cat([grad_u, grad_v], dim=-2)
 
 
 def check_divisible(x: torch.Tensor, s: int) -> None:
@@ -122,10 +146,12 @@ class CayleyConv2d(nn.Module):
         self._cache = ParameterCache(type(self).__name__)
 
     # ------------------------------------------------------------------ Q
-    def _kernel_transform(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    def _kernel_transform(self, height: int, width: int, dtype: torch.dtype,
+                          scale: torch.Tensor = None) -> torch.Tensor:
         """W(w) for w on the rfft2 grid: (height, width//2+1, C_out, C_in'),
         the transfer matrices of a circular cross-correlation centred at
-        (k-1)//2, like nn.Conv2d with padding (k-1)//2."""
+        (k-1)//2, like nn.Conv2d with padding (k-1)//2; of ``scale`` times the
+        kernel if given."""
         kh, kw = self.kernel_size
         ph, pw = (kh - 1) // 2, (kw - 1) // 2
         real = torch.float64 if dtype == torch.complex128 else torch.float32
@@ -138,16 +164,19 @@ class CayleyConv2d(nn.Module):
         eh = torch.polar(torch.ones((), dtype=real, device=dev).expand(height, kh), 2 * math.pi * fh * th / height)
         ew = torch.polar(torch.ones((), dtype=real, device=dev).expand(width // 2 + 1, kw),
                          2 * math.pi * fw * tw / width)
-        return torch.einsum("am,bn,oimn->aboi", eh, ew, self.weight.to(dtype))
+        weight = self.weight if scale is None else self.weight.to(real) * scale
+        return torch.einsum("am,bn,oimn->aboi", eh, ew, weight.to(dtype))
 
     def orthogonal_matrices(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Q(w) for a stride-1 input grid of (height, width) (after
         space-to-depth): complex (height, width//2+1, C_out, C_in')."""
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         with torch.autocast(self.weight.device.type, enabled=False):
-            wf = self._kernel_transform(height, width, cdtype)
-            scale = self.alpha.to(wf.real.dtype) / self.weight.to(wf.real.dtype).norm()
-            return cayley_transform(wf * scale)
+            real = torch.float64 if cdtype == torch.complex128 else torch.float32
+            scale = self.alpha.to(real) / self.weight.to(real).norm()
+            # The transform is linear: scaling the k x k taps first keeps no
+            # spectrum-sized tensor for alpha's gradient (the product would).
+            return cayley_transform(self._kernel_transform(height, width, cdtype, scale))
 
     def _q(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
         cacheable = (not self.training) or (not torch.is_grad_enabled())
@@ -182,7 +211,7 @@ class CayleyConv2d(nn.Module):
             self._saw_grid(h, w)
             q = self._q(h, w, dtype)  # (h, w//2+1, C_out, C_in')
             with torch.autocast(x.device.type, enabled=False):
-                y = torch.fft.irfft2(apply_per_frequency(q, torch.fft.rfft2(x.to(dtype))), s=(h, w))
+                y = FourierProduct.apply(x.to(dtype), q)  # irfft2(Q rfft2(x)), backward by hand
         if self.bias is not None:
             y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         return y.to(out_dtype)

@@ -1,6 +1,8 @@
 """Building blocks of ConvNorm's plain path (``convnorm.py``): the kernel's
 spectrum on the method's grid, the filtering step with its hand-written
-backward, circular padding of any width, and dtype rules."""
+backward, circular padding of any width, and dtype rules; and the 2-D
+transpose of spectra that ConvNorm's fast path and the Fourier product of
+Cayley and LOT share."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -32,6 +34,16 @@ def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
         enabled = torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
         dtype = torch.get_autocast_cpu_dtype() if device == "cpu" else torch.get_autocast_gpu_dtype()
     return dtype if enabled and x.dtype in (torch.float32, torch.float16, torch.bfloat16) else None
+
+
+def transpose2d(z: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Contiguous complex z seen as (rows, cols) -> contiguous (cols, rows).
+    complex64 is moved as float64 words: torch copies 2-D transposes of those
+    in cache blocks, ~3-5x faster than a complex permute."""
+    if z.dtype == torch.complex64:
+        return z.view(torch.float64).view(rows, cols).t().contiguous().view(torch.complex64)
+    w = torch.view_as_real(z).reshape(rows, cols, 2).transpose(0, 1).contiguous()
+    return torch.view_as_complex(w)
 
 
 def _fold(weight: torch.Tensor, size: int, dim: int) -> torch.Tensor:
