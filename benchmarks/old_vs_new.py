@@ -1,7 +1,7 @@
 """Issue 24's changes against the paths they replaced, in one process.
 
     python -m benchmarks.old_vs_new [--width 0.25] [--batch 128] [--size 32] [--steps 7] [--warmup 1]
-        [--threads 1] [--only cayley,lot]
+        [--threads 1] [--only cayley,lot] [--arch lipconvnet --model-options JSON]
 
 Free-AT replays (``benchmarks/replay.py``) of vanilla, ConvNorm with conj(X)
 saved (the default), with the old image-pair packing, and rebuilt in backward
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 
 import torch
@@ -153,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", default="", help="comma-separated normalizers (vanilla always runs)")
+    p.add_argument("--arch", default="resnet18", help="a registered model (e.g. lipconvnet)")
+    p.add_argument("--model-options", default="{}", help="JSON options of the model")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,13 +164,14 @@ def main(argv=None) -> int:
     chosen = {label: v for label, v in VARIANTS.items() if len(only) == 1 or v[0] in only}
     fns, saved = {}, {}
     for label, (name, patches) in chosen.items():
-        replay = FreeReplay(name, batch=args.batch, width=args.width, device=device, size=args.size)
+        replay = FreeReplay(name, batch=args.batch, width=args.width, device=device, size=args.size,
+                            arch=args.arch, model_options=json.loads(args.model_options))
         fns[label] = variant(replay, *patches)
         with patched(*patches):
             saved[label] = saved_for_backward_bytes(replay)
     times = time_interleaved(fns, device, warmup=args.warmup, repeats=args.steps)
     base = median(times["vanilla"])
-    print(f"# {device}, width {args.width}, batch {args.batch}, {args.steps} timed replays, "
+    print(f"# {device}, {args.arch} {args.model_options}, width {args.width}, batch {args.batch}, {args.steps} timed replays, "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}")
     print("| variant | median_ms | time_vs_vanilla | saved_for_backward_mb | saved_vs_vanilla |")
     print("|---|---|---|---|---|")

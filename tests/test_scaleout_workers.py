@@ -104,6 +104,30 @@ def test_local_launcher_counts_a_run_held_by_another_worker_apart(tmp_path, caps
     assert set(recs) == {free_spec.run_id} and recs[free_spec.run_id]["status"] == "finished"
 
 
+def test_local_launcher_passes_an_only_that_starts_with_a_dash_and_reads_no_stale_verdict(tmp_path, capsys):
+    """``--only=-free-`` reaches each worker as one token (as two, the worker's
+    parser took "-free-" for a flag, exited at once, and the launcher read the
+    old finished record as its verdict); a worker that exits non-zero and
+    leaves an earlier launch's record untouched is reported failed."""
+    from robustbench_convnorm.launch import local
+
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "grid.yaml", out, grid={"train.method": ["natural", "free"]})
+    assert run.main([str(cfg), "--launcher", "local", "--workers", "2"]) == 0
+    before = {k: r["created"] for k, r in records(out).items()}
+    capsys.readouterr()
+    assert run.main([str(cfg), "--launcher", "local", "--workers", "2", "--only=-free-", "--force"]) == 0
+    text = capsys.readouterr().out
+    assert "done: 1 finished, 0 not" in text, text[-1500:]
+    after = records(out)
+    redone = {k for k in after if after[k]["created"] != before[k]}
+    assert len(redone) == 1 and "-free-" in redone.pop()                     # the free run trained again
+    spec = next(s for s in expand_grid(load_config(cfg)) if "-natural-" in s.run_id)
+    verdict = local._ended(spec, 2, "worker.log", "cpu", started=time.time() + 1)
+    assert verdict.startswith("failed: its worker exited with code 2") and "earlier launch" in verdict
+    assert local._ended(spec, 0, "worker.log", "cpu", started=time.time() + 1) == "finished"
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_every_local_worker_cleanly(tmp_path):
     out = tmp_path / "out"

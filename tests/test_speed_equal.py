@@ -54,7 +54,7 @@ def run_both(layer, x, forward_new, forward_old):
         layer.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
         y = fwd(layer, xi)
-        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y)
         y.backward(g)
         grads = [xi.grad] + [p.grad for p in layer.parameters() if p.grad is not None]
         results.append([y.detach()] + grads)
@@ -184,6 +184,26 @@ def test_cayley_transform_backward_catches_a_planted_change(monkeypatch):
     assert_close_rel(new[0], old[0], "output (not affected)", rtol=1e-12)
     with pytest.raises(AssertionError, match="weight"):
         assert_close_rel(new[2], old[2], "weight gradient")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("cls", ["cayley", "lot"])
+@pytest.mark.parametrize("case", [CAYLEY_CASES[4], POINTWISE_CASES[0]])
+def test_new_paths_equal_the_old_ones_on_cuda(cls, case):
+    # cuFFT and cuBLAS: the same function in float64; float32 within the
+    # rounding of its transforms (TF32 off: it would round the products to 1e-3).
+    layer_type = CayleyConv2d if cls == "cayley" else LOTConv2d
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+            layer, x = cayley_layer(layer_type, case, dtype)
+            new, old = run_both(layer.cuda(), x.cuda(), lambda m, t: m(t), cayley_forward_reference)
+            for i, (a, b) in enumerate(zip(new, old)):
+                assert_close_rel(a, b, f"{dtype} tensor {i}", rtol=rtol)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
 
 
 def test_cayley_eval_cached_q_equals_old_path():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import ConfigError, RunSpec
-from ..records import LOCKED, read_record
+from ..records import LOCKED, RECORD, read_record
 from . import merge
 from .options import LauncherOptions
 from .worker import done_line, mark_lost, passed_flags, worker_argv, worker_env
@@ -123,6 +123,7 @@ def run_local(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Laun
     free = list(range(len(slots)))
     running: Dict[int, tuple] = {}
     outcome: Dict[str, str] = {}
+    started: Dict[str, float] = {}
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
     try:
         while queue or running:
@@ -135,6 +136,7 @@ def run_local(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Laun
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=worker_env(threads=threads, gpu=gpu), start_new_session=True)
                 running[slot] = (proc, spec, log)
+                started[spec.run_id] = time.time()
                 print(f"[start] {spec.run_id} on {_describe(slots[slot])}")
             time.sleep(_POLL)
             for slot, (proc, spec, log) in list(running.items()):
@@ -144,7 +146,7 @@ def run_local(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Laun
                 log.close()
                 del running[slot]
                 free.append(slot)
-                outcome[spec.run_id] = _ended(spec, code, log.name, str(device))
+                outcome[spec.run_id] = _ended(spec, code, log.name, str(device), started[spec.run_id])
                 print(f"[{len(outcome)}/{len(specs)}] {spec.run_id}: {outcome[spec.run_id]}")
     except KeyboardInterrupt:
         print(f"\nstopping {len(running)} worker(s): each records its run as interrupted and keeps its "
@@ -162,12 +164,24 @@ def run_local(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Laun
     return 1 if failed else 0
 
 
-def _ended(spec: RunSpec, code: int, log_path: str, device: str) -> str:
+def _record_time(spec: RunSpec) -> float:
+    try:
+        return os.stat(Path(spec.run_dir) / RECORD).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _ended(spec: RunSpec, code: int, log_path: str, device: str, started: float) -> str:
     """How a worker's run ended, from its record; a worker that died without
-    a verdict gets its run recorded as failed."""
+    a verdict gets its run recorded as failed, and one that failed before
+    reaching its run (bad arguments, a crash at start) is not read as the
+    verdict of a record left by an earlier launch."""
     status = (read_record(spec.run_dir) or {}).get("status")
     if code == 0:  # finished, or skipped: finished already or held by another live worker
         return status if status in ("finished", "failed") else LOCKED
+    if status in ("finished", "failed") and _record_time(spec) < started:
+        return (f"failed: its worker exited with code {code} and left the {status} record of an earlier "
+                f"launch as it was; see {log_path}")
     if status in (None, "running"):
         reason = f"its worker exited with code {code} without finishing it; see {log_path}"
         if mark_lost(spec, device, reason):

@@ -30,7 +30,8 @@ def passed_flags(args) -> List[str]:
     """The flags of the launch that each worker repeats."""
     flags = []
     if getattr(args, "only", None):
-        flags += ["--only", args.only]
+        # One token: a TEXT that starts with "-" (e.g. "-lot-") would read as a flag.
+        flags += [f"--only={args.only}"]
     flags += [flag for flag, on in (("--force", getattr(args, "force", False)),
                                     ("--eval-only", getattr(args, "eval_only", False)),
                                     ("--replace-evaluations", getattr(args, "replace_evaluations", False))) if on]
