@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..config import ConfigError, RunSpec
-from ..records import LOCKED, RECORD, read_record
+from ..records import LOCKED, read_record
 from . import merge
 from .options import LauncherOptions
-from .worker import done_line, mark_lost, passed_flags, worker_argv, worker_env
+from .worker import done_line, mark_lost, passed_flags, verdict_predates, worker_argv, worker_env
 
 __all__ = ["plan_slots", "run_local", "GRACE_SECONDS"]
 
@@ -164,13 +164,6 @@ def run_local(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Laun
     return 1 if failed else 0
 
 
-def _record_time(spec: RunSpec) -> float:
-    try:
-        return os.stat(Path(spec.run_dir) / RECORD).st_mtime
-    except OSError:
-        return 0.0
-
-
 def _ended(spec: RunSpec, code: int, log_path: str, device: str, started: float) -> str:
     """How a worker's run ended, from its record; a worker that died without
     a verdict gets its run recorded as failed, and one that failed before
@@ -179,7 +172,7 @@ def _ended(spec: RunSpec, code: int, log_path: str, device: str, started: float)
     status = (read_record(spec.run_dir) or {}).get("status")
     if code == 0:  # finished, or skipped: finished already or held by another live worker
         return status if status in ("finished", "failed") else LOCKED
-    if status in ("finished", "failed") and _record_time(spec) < started:
+    if status in ("finished", "failed") and verdict_predates(spec, started):
         return (f"failed: its worker exited with code {code} and left the {status} record of an earlier "
                 f"launch as it was; see {log_path}")
     if status in (None, "running"):

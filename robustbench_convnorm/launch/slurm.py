@@ -38,7 +38,7 @@ from ..records import LOCKED, read_record
 from ..registry import closest
 from . import merge
 from .options import LauncherOptions
-from .worker import code_root, done_line, mark_lost, passed_flags, worker_argv
+from .worker import code_root, done_line, mark_lost, passed_flags, verdict_predates, worker_argv
 
 __all__ = ["RunTask", "make_executor", "executor_parameters", "gpus_per_task", "slurm_available", "submit",
            "wait_and_report"]
@@ -227,6 +227,7 @@ def submit(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Launche
         return 0
     config = str(_snapshot(args.config, root))
     task = RunTask(config, args.overrides, passed_flags(args), os.getcwd())
+    submitted = time.time()
     try:
         jobs = executor.map_array(task, [s.run_id for s in specs])
     except Exception as err:  # sbatch refused (partition, account, limits): its own words
@@ -248,7 +249,7 @@ def submit(cfg, specs: Sequence[RunSpec], grid: Sequence[RunSpec], opts: Launche
     if not opts.wait:
         print(f"  watch: squeue -j {array_id}")
         return 0
-    return wait_and_report(jobs, specs, grid, cfg, opts, str(device))
+    return wait_and_report(jobs, specs, grid, cfg, opts, str(device), submitted=submitted)
 
 
 def _squeue_lists(job_id: str) -> bool:
@@ -278,7 +279,8 @@ class _Watch:
 
 
 def wait_and_report(jobs, specs: Sequence[RunSpec], grid: Sequence[RunSpec], cfg, opts: LauncherOptions,
-                    device: str) -> int:
+                    device: str, submitted: Optional[float] = None) -> int:
+    submitted = time.time() if submitted is None else submitted
     pending = {i: (_Watch(job, opts.cluster), spec) for i, (job, spec) in enumerate(zip(jobs, specs))}
     statuses: Dict[str, str] = {}
     while pending:
@@ -295,6 +297,11 @@ def wait_and_report(jobs, specs: Sequence[RunSpec], grid: Sequence[RunSpec], cfg
                     reason = f"task {watch.job.job_id} ended without finishing its run ({why}); " \
                              f"see {watch.job.paths.stderr}"
                     status = "failed" if mark_lost(spec, device, reason) else f"lost: {reason}"
+            elif verdict_predates(spec, submitted):  # an earlier launch's verdict: did this task fail first?
+                why = _task_error(watch.job)
+                if why is not None:
+                    status = (f"failed: task {watch.job.job_id} ended with an error ({why}) and left the "
+                              f"{status} record of an earlier launch as it was; see {watch.job.paths.stderr}")
             statuses[spec.run_id] = status
             print(f"[{len(statuses)}/{len(specs)}] {spec.run_id}: {status}", flush=True)
         if pending:

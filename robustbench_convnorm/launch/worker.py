@@ -14,7 +14,7 @@ from ..config import RunSpec
 from ..lock import RunLocked, acquire
 from ..records import LOCKED, RECORD, new_record, read_record, write_json_atomic
 
-__all__ = ["code_root", "worker_argv", "worker_env", "passed_flags", "mark_lost"]
+__all__ = ["code_root", "worker_argv", "worker_env", "passed_flags", "mark_lost", "verdict_predates"]
 
 
 def code_root() -> Optional[str]:
@@ -36,6 +36,15 @@ def passed_flags(args) -> List[str]:
                                     ("--eval-only", getattr(args, "eval_only", False)),
                                     ("--replace-evaluations", getattr(args, "replace_evaluations", False))) if on]
     return flags
+
+
+def verdict_predates(spec: RunSpec, started: float) -> bool:
+    """Whether the run's record was last written before ``started``: the verdict
+    of an earlier launch, not of a worker that failed before reaching its run."""
+    try:
+        return os.stat(Path(spec.run_dir) / RECORD).st_mtime < started
+    except OSError:
+        return False
 
 
 def worker_argv(config: str, overrides: Sequence[str], run_id: str, flags: Sequence[str] = ()) -> List[str]:
