@@ -183,7 +183,8 @@ class CayleyConv2d(nn.Module):
         if not cacheable:
             self._cache.clear()
             return self.orthogonal_matrices(height, width, dtype)
-        return self._cache.lookup((self.weight, self.alpha), (height, width, dtype),
+        parameters = tuple(p for p in (self.weight, self.alpha) if p is not None)  # LOT has no alpha
+        return self._cache.lookup(parameters, (height, width, dtype),
                                   lambda: self.orthogonal_matrices(height, width, dtype))
 
     def clear_cache(self) -> None:

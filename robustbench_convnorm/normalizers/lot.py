@@ -72,14 +72,6 @@ class LOTConv2d(CayleyConv2d):
             self.last_grid.copy_(torch.tensor([height, width]))
             self._grid_written = (height, width)
 
-    def _q(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        cacheable = (not self.training) or (not torch.is_grad_enabled())
-        if not cacheable:
-            self._cache.clear()
-            return self.orthogonal_matrices(height, width, dtype)
-        return self._cache.lookup((self.weight,), (height, width, dtype),
-                                  lambda: self.orthogonal_matrices(height, width, dtype))
-
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         """The layer's exact operator norm on the last input size seen: the
