@@ -15,9 +15,12 @@ from robustbench_convnorm.normalizers import convnorm as convnorm_module
 from robustbench_convnorm.normalizers import weight_cache
 from robustbench_convnorm.normalizers.cayley import CayleyConv2d
 from robustbench_convnorm.normalizers.convnorm import ConvNorm2d
+from robustbench_convnorm.normalizers.lot import LOTConv2d
 from robustbench_convnorm.normalizers.weight_cache import StaleCacheError
 
-LAYERS = pytest.mark.parametrize("kind", ["convnorm-plain", "convnorm-fast", "cayley"])
+# "cayley-strided" takes the direct route of 1x1 kernels (Q cached at one
+# frequency); LOT shares Cayley's cache without alpha.
+LAYERS = pytest.mark.parametrize("kind", ["convnorm-plain", "convnorm-fast", "cayley", "cayley-strided", "lot"])
 OPTIMIZERS = pytest.mark.parametrize("make_optimizer", [
     lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, fused=True),
     lambda p: torch.optim.Adam(p, lr=0.1, fused=True),
@@ -27,9 +30,17 @@ OPTIMIZERS = pytest.mark.parametrize("make_optimizer", [
 def _layer(kind):
     if kind == "cayley":
         return CayleyConv2d(3, 4, 3, 1, 1)
+    if kind == "cayley-strided":
+        return CayleyConv2d(3, 4, 3, 2, 1)
+    if kind == "lot":
+        return LOTConv2d(3, 4, 3, 1, 1)
     layer = ConvNorm2d(3, 4, 3, 1, 1, eval_filter="exact", affine=False)
     layer.fast_path = kind == "convnorm-fast"
     return layer
+
+
+def _cache_of(layer):
+    return layer._cache if isinstance(layer, CayleyConv2d) else layer._filter_cache
 
 
 def _fresh_output(layer, x):
@@ -43,7 +54,7 @@ def _fresh_output(layer, x):
 def _edit_through_data(layer):
     with torch.no_grad():
         layer.weight.data.add_(0.3 * torch.randn_like(layer.weight))
-        if isinstance(layer, CayleyConv2d):
+        if isinstance(layer, CayleyConv2d) and layer.alpha is not None:
             layer.alpha.data.mul_(0.5)
 
 
@@ -147,13 +158,13 @@ def test_copies_and_pickles_start_with_an_empty_cache(kind):
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = layer(x)
-    cache = layer._filter_cache if kind != "cayley" else layer._cache
+    cache = _cache_of(layer)
     assert len(cache) == 1
     buffer = io.BytesIO()
     torch.save(layer, buffer)
     buffer.seek(0)
     for twin in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
-        twin_cache = twin._filter_cache if kind != "cayley" else twin._cache
+        twin_cache = _cache_of(twin)
         assert len(twin_cache) == 0 and twin_cache is not cache
         with torch.no_grad():
             torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
