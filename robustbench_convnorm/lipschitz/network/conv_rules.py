@@ -153,6 +153,8 @@ def cayley(module: nn.Module, shape) -> float:
         raise Unbounded(f"CayleyConv2d on an input of shape {list(shape)}")
     s = module.stride[0]
     h, w = int(shape[1]) // s, int(shape[2]) // s
+    if module.kernel_size == (1, 1):  # one Q at every frequency: the forward computes it once too
+        h = w = 1
     with EvalMode(module), torch.no_grad():
         dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
         q = module.orthogonal_matrices(h, w, dtype)
